@@ -1,0 +1,1 @@
+"""pcnet: predictive-coding dynamics for pretrained convolutional networks (after Predify)."""
