@@ -195,3 +195,106 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
                          Path(checkpoint))
     net.eval()
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference runs: the exact code behind the committed weights (also called by chapters 2 and 3)
+
+def _data(name: str, split: str):
+    from pcnet import data
+
+    return data.fashion_mnist(split=split) if name == "fmnist_vgg" else data.cifar10(split=split)
+
+
+def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: int, batch_size: int,
+                           lr: float, val_size: int = 5000, limit: int | None = None, checkpoint=None,
+                           progress: bool = True):
+    """Build and train a reference backbone on the training split less a validation split.
+
+    `limit` keeps only the first `limit` training images (smoke runs). Returns (model, history);
+    history also holds `test_acc` and `train_seconds`.
+    """
+    from pcnet.data import split_train_val
+    from pcnet.models import build_backbone
+
+    train, val = split_train_val(_data(name, "train"), val_size=val_size, seed=0)
+    if limit is not None:
+        train = torch.utils.data.Subset(train, range(min(limit, len(train))))
+    torch.manual_seed(seed)
+    model = build_backbone(name)
+    t0 = time.perf_counter()
+    history = train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                               checkpoint=checkpoint, val_set=val, progress=progress)
+    history["train_seconds"] = time.perf_counter() - t0
+    history["test_acc"] = evaluate(model, _data(name, "test"))[0]
+    return model.eval(), history
+
+
+def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0, epochs: int,
+                           batch_size: int, lr: float, val_size: int = 5000, limit: int | None = None,
+                           checkpoint=None, progress: bool = True):
+    """Predify `backbone` at FMNIST_VGG_LAYERS (decoders initialised from `seed`) and train the decoders.
+
+    Returns (net, history) with history from `train_feedback` plus `train_seconds`.
+    """
+    import pcnet
+    from pcnet.data import split_train_val
+    from pcnet.models import BACKBONES, FMNIST_VGG_LAYERS
+
+    train, val = split_train_val(_data(name, "train"), val_size=val_size, seed=0)
+    if limit is not None:
+        train, val = (torch.utils.data.Subset(s, range(min(limit, len(s)))) for s in (train, val))
+    torch.manual_seed(seed)
+    net = pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1])
+    t0 = time.perf_counter()
+    history = train_feedback(net, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                             checkpoint=checkpoint, val_set=val, progress=progress)
+    history["train_seconds"] = time.perf_counter() - t0
+    return net.eval(), history
+
+
+def _machine_load() -> dict:
+    """Load average and thread count, recorded beside timings (the machine may be shared)."""
+    return {"loadavg_1_5_15": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> None:
+    """CLI: `python -m pcnet.train {backbone,feedback} --seed S [--epochs ...]` writes data/weights/."""
+    import argparse
+    import sys
+
+    from pcnet.data import DATA_DIR
+    from pcnet.models import feedback_weights_path, load_reference_backbone, reference_weights_path
+    from pcnet.weights import save_json_result, save_weights
+
+    parser = argparse.ArgumentParser(prog="python -m pcnet.train", description=main.__doc__)
+    parser.add_argument("what", choices=["backbone", "feedback"])
+    parser.add_argument("--name", default="fmnist_vgg", choices=["fmnist_vgg", "cifar10_vgg"])
+    parser.add_argument("--seed", type=int, default=0)
+    for key, value in {**FEEDBACK_DEFAULTS, **BACKBONE_DEFAULTS}.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+    args = parser.parse_args(argv)
+    defaults = BACKBONE_DEFAULTS if args.what == "backbone" else FEEDBACK_DEFAULTS
+    options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    command = "python -m pcnet.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
+    load_before = _machine_load()
+    if args.what == "backbone":
+        model, history = reference_backbone_run(name=args.name, seed=args.seed, checkpoint=checkpoint, **options)
+        out, state = reference_weights_path(args.name), model.state_dict()
+    else:
+        net, history = reference_feedback_run(load_reference_backbone(name=args.name), name=args.name,
+                                              seed=args.seed, checkpoint=checkpoint, **options)
+        out, state = feedback_weights_path(args.name, seed=args.seed), net.decoders.state_dict()
+    extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
+             **{k: history[k] for k in ("train_seconds", "test_acc") if k in history}}
+    sha = save_weights(out, state, command=command, seed=args.seed, extra=extra)
+    save_json_result(DATA_DIR / "results" / f"{out.stem}_history.json", history, command=command,
+                     seed=args.seed, extra={"weights": out.name, "weights_sha256": sha})
+    checkpoint.unlink(missing_ok=True)
+    print(f"saved {out} (sha256 {sha[:12]}); " + ", ".join(f"{k}={v}" for k, v in extra.items()
+                                                            if k in ("train_seconds", "test_acc")))
+
+
+if __name__ == "__main__":
+    main()
