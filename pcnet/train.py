@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # Full parameters of the committed reference runs (the chapters' parameters cells use the same).
-BACKBONE_DEFAULTS = dict(epochs=8, batch_size=128, lr=3e-3, val_size=5000)
+BACKBONE_DEFAULTS = dict(epochs=4, batch_size=128, lr=3e-3, val_size=5000)
 FEEDBACK_DEFAULTS = dict(epochs=3, batch_size=128, lr=1e-3)
 
 
