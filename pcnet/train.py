@@ -86,9 +86,9 @@ def _resume(checkpoint, config: dict, modules: dict) -> tuple[int, dict | None]:
 
 
 def _classifier_epoch(model, x, y, optimizer, *, epoch, seed, batch_size, lr, total, bar):
-    """One epoch of cross-entropy training; returns (mean loss, accuracy) on the training batches."""
+    """One epoch of cross-entropy training; returns (per-batch losses, accuracy) on the training batches."""
     model.train()
-    loss_sum, correct, batches = 0.0, 0, _batches(len(x), batch_size, seed=seed, epoch=epoch)
+    losses, correct, batches = [], 0, _batches(len(x), batch_size, seed=seed, epoch=epoch)
     for i, index in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(epoch * len(batches) + i, total, lr)
@@ -98,10 +98,10 @@ def _classifier_epoch(model, x, y, optimizer, *, epoch, seed, batch_size, lr, to
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(index)
+        losses.append(loss.item())
         correct += (logits.argmax(1) == y[index]).sum().item()
         bar.update(len(index))
-    return loss_sum / len(x), correct / len(x)
+    return losses, correct / len(x)
 
 
 def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
@@ -109,7 +109,8 @@ def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: in
                      progress: bool = True) -> dict:
     """Train `model` with cross-entropy (AdamW, warm-up + cosine learning rate); returns the history.
 
-    history: lists per epoch of `train_loss`, `train_acc`, `val_acc` (if `val_set`), `seconds`.
+    history: lists per epoch of `train_loss` (mean over batches), `train_acc`, `val_acc` (if `val_set`),
+    `seconds`; and `step_loss`, the loss of every batch.
     """
     torch.manual_seed(seed)
     x, y = as_tensors(train_set)
@@ -117,16 +118,17 @@ def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), weight_decay=weight_decay)
     start, history = _resume(checkpoint, config, {"model": model, "optimizer": optimizer})
-    history = history or {"train_loss": [], "train_acc": [], "val_acc": [], "seconds": []}
+    history = history or {"train_loss": [], "train_acc": [], "val_acc": [], "seconds": [], "step_loss": []}
     total = epochs * math.ceil(len(x) / batch_size)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         with tqdm(total=len(x), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress) as bar:
-            loss, acc = _classifier_epoch(model, x, y, optimizer, epoch=epoch, seed=seed,
-                                          batch_size=batch_size, lr=lr, total=total, bar=bar)
+            losses, acc = _classifier_epoch(model, x, y, optimizer, epoch=epoch, seed=seed,
+                                            batch_size=batch_size, lr=lr, total=total, bar=bar)
+            loss = sum(losses) / len(losses)
             history["val_acc"].append(evaluate(model, val_set)[0] if val_set is not None else None)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=history["val_acc"][-1])
-        history["train_loss"].append(loss), history["train_acc"].append(acc)
+        history["train_loss"].append(loss), history["train_acc"].append(acc), history["step_loss"].extend(losses)
         history["seconds"].append(time.perf_counter() - t0)
         if checkpoint is not None:
             _save_atomic({"config": config, "epoch": epoch + 1, "history": history, "rng": torch.get_rng_state(),
