@@ -46,6 +46,18 @@ def test_pcoder_layers_are_block_ends_in_forward_order():
     assert [names[i - 1] for i in pools] == models.FMNIST_VGG_LAYERS
 
 
+def test_summary_counts_by_hand():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 5, 7))
+    rows = models.summary(model, input_shape=(2, 4, 5))
+    assert [r["name"] for r in rows] == ["0", "1", "2", "3"]
+    assert rows[0]["output_shape"] == (3, 4, 5) and rows[3]["output_shape"] == (7,)
+    assert rows[0]["macs"] == 3 * 4 * 5 * (2 * 3 * 3)  # every output value: C_in * kh * kw products
+    assert rows[3]["macs"] == 60 * 7 and rows[1]["macs"] == 0
+    assert rows[0]["params"] == 3 * 2 * 9 + 3 and model.training  # mode restored
+    fmnist = models.summary(models.fmnist_vgg(), input_shape=(1, 28, 28))
+    assert sum(r["params"] for r in fmnist) == sum(p.numel() for p in models.fmnist_vgg().parameters())
+
+
 def test_build_backbone_unknown_name():
     with pytest.raises(ValueError, match="fmnist_vgg"):
         models.build_backbone("resnet")

@@ -162,3 +162,36 @@ def test_train_feedback_resume_is_exact(fashion, prednet, tmp_path, monkeypatch)
     assert resumed["step_loss"] == expected["step_loss"]
     for key, value in final.items():
         assert torch.equal(prednet.decoders.state_dict()[key], value), key
+
+
+@needs_fashion
+def test_feedback_baseline_loss_is_target_variance(fashion, prednet):
+    small = Subset(fashion, range(300))
+    x = fashion.tensors[0][:300]
+    with torch.no_grad():
+        states = prednet.run(x, timesteps=0, record=("states",)).states
+    targets = [x] + [s[0] for s in states[:-1]]
+    expected = torch.stack([t.double().var(0, unbiased=False).mean() for t in targets]).float()
+    assert torch.allclose(train.feedback_baseline_loss(prednet, small, batch_size=70), expected, rtol=1e-4)
+
+
+def test_state_fingerprint_sees_buffers():
+    torch.manual_seed(0)
+    model = models.fmnist_vgg()
+    first = train.state_fingerprint(model)
+    assert train.state_fingerprint(model) == first and len(first) == 64
+    saved = model.features[1].running_mean.clone()
+    model.features[1].running_mean[0] += 1e-6  # a BatchNorm buffer, not a parameter
+    assert train.state_fingerprint(model) != first
+    model.features[1].running_mean.copy_(saved)
+    model.to(memory_format=torch.channels_last)  # memory layout does not matter, values do
+    assert train.state_fingerprint(model) == first
+
+
+def test_seeded_prednet_is_reproducible(prednet):
+    a = train.seeded_prednet(prednet.backbone, seed=5)
+    b = train.seeded_prednet(prednet.backbone, seed=5)
+    c = train.seeded_prednet(prednet.backbone, seed=6)
+    assert train.state_fingerprint(a.decoders) == train.state_fingerprint(b.decoders)
+    assert train.state_fingerprint(a.decoders) != train.state_fingerprint(c.decoders)
+    assert a.layers == models.FMNIST_VGG_LAYERS
