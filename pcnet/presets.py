@@ -23,22 +23,22 @@ def vgg16_decoders() -> list[nn.Module]:
             up(256, 128, 14, 2, 6), up(512, 256, 14, 2, 6), up(512, 512, 14, 2, 6)]
 
 
-def pvgg16(*, weights=None, **kwargs):
+def pvgg16(*, weights=None, image_size: int = 224, **kwargs):
     """PVGG16: torchvision ``vgg16`` with 5 PCoders after the last ReLU of each conv block."""
-    return predify(torchvision.models.vgg16(weights=weights), layers=VGG16_LAYERS, input_shape=(3, 224, 224),
+    return predify(torchvision.models.vgg16(weights=weights), layers=VGG16_LAYERS, input_shape=(3, image_size, image_size),
                    decoders=vgg16_decoders(), **kwargs)
 
 
-def pefficientnet_b0(*, weights=None, **kwargs):
+def pefficientnet_b0(*, weights=None, image_size: int = 224, **kwargs):
     """PEfficientNetB0: torchvision ``efficientnet_b0``, 8 PCoders (stem + seven stages), automatic decoders."""
     return predify(torchvision.models.efficientnet_b0(weights=weights), layers=EFFICIENTNET_B0_LAYERS,
-                   input_shape=(3, 224, 224), **kwargs)
+                   input_shape=(3, image_size, image_size), **kwargs)
 
 
-def presnet18(*, weights=None, **kwargs):
+def presnet18(*, weights=None, image_size: int = 224, **kwargs):
     """PResNet18: torchvision ``resnet18``, a PCoder after each residual stage, automatic decoders."""
     return predify(torchvision.models.resnet18(weights=weights), layers=RESNET18_LAYERS,
-                   input_shape=(3, 224, 224), **kwargs)
+                   input_shape=(3, image_size, image_size), **kwargs)
 
 
 def shallow_cifar_net(*, num_classes: int = 10) -> nn.Sequential:
