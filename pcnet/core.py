@@ -158,7 +158,7 @@ class PredNet(nn.Module):
         values = self.hyper.values()
         learnable = self.hyper.learnable and grad_mode
         if learnable:
-            coef = {k: list(v.to(self.projective_fields.device).float().unbind()) for k, v in values.items()}
+            coef = {k: list(v.unbind()) for k, v in values.items()}  # 0-dim tensors, differentiable
         else:
             coef = {k: [float(c) for c in v.detach().tolist()] for k, v in values.items()}
         coef["learnable"] = learnable
