@@ -45,24 +45,38 @@ def supports_adjoint(decoder: nn.Module) -> bool:
 
 
 def forward_with_tape(decoder: nn.Sequential, state: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """Run ``decoder`` on ``state`` (B, C, H, W); return the prediction and a tape for :func:`adjoint`."""
-    tape, h = [], state
-    for m in decoder:
-        tape.append(h.shape)  # input shape of each layer
+    """Run ``decoder`` on ``state`` (B, C, H, W); return the prediction and a tape for :func:`adjoint`.
+
+    Nearest x2 upsampling followed by a 3x3 transposed convolution is computed as one stride-2 transposed
+    convolution with a folded 4x4 kernel (:func:`folded_weight`): the same map, a quarter of the work.
+    """
+    tape, h, layers, i = [], state, list(decoder), 0
+    while i < len(layers):
+        m = layers[i]
+        if i + 1 < len(layers) and _foldable(m, layers[i + 1], tuple(h.shape[-2:])):
+            weight = folded_weight(layers[i + 1].weight)  # (C_in, C_out, 4, 4)
+            h = F.conv_transpose2d(h, weight, layers[i + 1].bias, stride=2, padding=1)  # (B, C_out, 2H, 2W)
+            tape.append(("folded", weight))
+            i += 2
+            continue
+        tape.append((m, h.shape))  # each layer with its input shape
         h = m(h)
         if isinstance(m, nn.ReLU):
-            tape[-1] = h  # the ReLU's output gives its derivative mask
+            tape[-1] = (m, h)  # the ReLU's output gives its derivative mask
+        i += 1
     return h, tape
 
 
-def adjoint(decoder: nn.Sequential, tape: list, grad: torch.Tensor) -> torch.Tensor:
-    """Apply the transposed Jacobian of ``decoder`` (at the taped point) to ``grad`` (the prediction's shape).
+def adjoint(tape: list, grad: torch.Tensor) -> torch.Tensor:
+    """Apply the decoder's transposed Jacobian (at the taped point) to ``grad`` (the prediction's shape).
 
     A transposed convolution's adjoint is a convolution with the same weight; a convolution's is a
     transposed convolution; nearest/bilinear upsampling's is its aten backward; ReLU masks.
     """
-    for m, saved in zip(reversed(decoder), reversed(tape)):
-        if isinstance(m, nn.ReLU):
+    for m, saved in reversed(tape):
+        if isinstance(m, str):  # folded upsample + 3x3 transposed convolution
+            grad = F.conv2d(grad, saved, None, stride=2, padding=1)
+        elif isinstance(m, nn.ReLU):
             grad = grad * (saved > 0)  # (B, C, H, W)
         elif isinstance(m, nn.ConvTranspose2d):
             grad = F.conv2d(grad, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
@@ -71,6 +85,30 @@ def adjoint(decoder: nn.Sequential, tape: list, grad: torch.Tensor) -> torch.Ten
         elif isinstance(m, nn.Upsample):
             grad = _upsample_adjoint(m, grad, saved)
     return grad
+
+
+def folded_weight(weight: torch.Tensor) -> torch.Tensor:
+    """4x4 stride-2 transposed-convolution kernel equal to nearest x2 upsampling then ``weight`` (3x3, padding 1).
+
+    Per axis, output r receives input floor((r + 1 - u) / 2) through tap u, so the folded taps are
+    [w0, w0 + w1, w1 + w2, w2].
+    """
+    padded = F.pad(weight, (1, 1, 1, 1))  # (C_in, C_out, 5, 5)
+    rows = padded[:, :, :-1] + padded[:, :, 1:]  # (C_in, C_out, 4, 5)
+    return rows[..., :-1] + rows[..., 1:]  # (C_in, C_out, 4, 4)
+
+
+def _foldable(up: nn.Module, conv: nn.Module, in_hw: tuple[int, int]) -> bool:
+    if not (isinstance(up, nn.Upsample) and up.mode == "nearest" and isinstance(conv, nn.ConvTranspose2d)):
+        return False
+    if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.output_padding, conv.groups) != \
+            ((3, 3), (1, 1), (1, 1), (1, 1), (0, 0), 1):
+        return False
+    if up.size is not None:
+        size = up.size if isinstance(up.size, (tuple, list)) else (up.size, up.size)
+        return tuple(size) == (2 * in_hw[0], 2 * in_hw[1])
+    sf = up.scale_factor if isinstance(up.scale_factor, (tuple, list)) else (up.scale_factor, up.scale_factor)
+    return tuple(float(f) for f in sf) == (2.0, 2.0)
 
 
 def _upsample_adjoint(m: nn.Upsample, grad: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:

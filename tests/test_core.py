@@ -101,6 +101,8 @@ def test_batch_independence(custom, error_scale):
 
 DECODERS = [
     ("auto_up", lambda: dec.auto_decoder(source=(6, 4, 4), target=(3, 8, 8), relu=True), (6, 4, 4)),
+    ("scale2_folded", lambda: nn.Sequential(nn.Upsample(scale_factor=2), nn.ConvTranspose2d(6, 3, 3, padding=1),
+                                            nn.ReLU()), (6, 4, 4)),
     ("auto_odd", lambda: dec.auto_decoder(source=(6, 5, 5), target=(3, 11, 11), relu=False), (6, 5, 5)),
     ("vgg_k10", lambda: nn.Sequential(nn.ConvTranspose2d(6, 4, 10, stride=2, padding=4), nn.ReLU()), (6, 8, 8)),
     ("conv_bilinear", lambda: nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(6, 3, 3, padding=1),
@@ -121,6 +123,14 @@ def test_adjoint_error_gradient_equals_autograd(name, build, source):
     p2, g2 = dynamics.error_gradient(decoder, state, target, scale=0.3, create_graph=False)
     torch.testing.assert_close(p1, p2.detach())
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+
+
+def test_folded_kernel_equals_upsample_then_conv():
+    torch.manual_seed(7)
+    weight = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    z = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    expected = F.conv_transpose2d(F.interpolate(z, scale_factor=2), weight, padding=1)
+    torch.testing.assert_close(F.conv_transpose2d(z, dec.folded_weight(weight), stride=2, padding=1), expected)
 
 
 def test_mean_mode_reproduces_gradient_of_batch_mean_mse():
