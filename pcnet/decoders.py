@@ -132,7 +132,7 @@ def projective_field_size(decoder: nn.Module, *, source: tuple[int, ...]) -> int
     """Eq. eq-projective-field: C, the number of prediction elements one state element reaches.
 
     Exact and deterministic: a one-hot at the centre of channel 0 is pushed through the decoder's linear
-    layers with absolute weights and no biases (so nothing cancels) and without ReLUs; C counts the
+    layers with all weights set to one and no biases (structure only) and without ReLUs; C counts the
     nonzero outputs. Only channel 0 enters the first convolution, so this costs far less than one
     decoder pass. Decoders outside the supported layer kinds are measured with a Jacobian-vector
     product at an all-ones state instead.
@@ -152,7 +152,7 @@ def projective_field_size(decoder: nn.Module, *, source: tuple[int, ...]) -> int
         if isinstance(m, nn.Upsample):
             x = m(x)
         elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            weight = m.weight.abs()
+            weight = torch.ones_like(m.weight)  # structure only: zero or cancelling weights do not matter
             if not sliced:  # only input channel 0 is present
                 if m.groups != 1:
                     c_in = weight.shape[0] if isinstance(m, nn.ConvTranspose2d) else weight.shape[1] * m.groups
