@@ -151,3 +151,15 @@ def test_bad_error_scale_and_model(model):
         pcnet.predify(lambda x: x, layers=["1"], input_shape=(1, 16, 16))
     with pytest.raises(ValueError, match=r"input_shape must be \(channels, height, width\)"):
         pcnet.predify(model, layers=["1"], input_shape=(16, 16))
+
+
+def test_torchvision_weights_offline_error_names_the_fix(monkeypatch):
+    """Weights need a download; offline, the error says what to do (simulated so the test never touches the net)."""
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match=r"downloaded from the internet.*weights=None"):
+        pcnet.presets.presnet18(weights="DEFAULT", image_size=32)
