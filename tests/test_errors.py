@@ -160,6 +160,6 @@ def test_torchvision_weights_offline_error_names_the_fix(monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match=r"downloaded from the internet.*weights=None"):
         pcnet.presets.presnet18(weights="DEFAULT", image_size=32)
