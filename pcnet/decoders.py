@@ -55,12 +55,12 @@ def forward_with_tape(decoder: nn.Sequential, state: torch.Tensor) -> tuple[torc
         m = layers[i]
         if i + 1 < len(layers) and _foldable(m, layers[i + 1], tuple(h.shape[-2:])):
             weight = folded_weight(layers[i + 1].weight)  # (C_in, C_out, 4, 4)
-            h = F.conv_transpose2d(h, weight, layers[i + 1].bias, stride=2, padding=1)  # (B, C_out, 2H, 2W)
+            h = folded_forward(h, weight, layers[i + 1].bias)  # (B, C_out, 2H, 2W)
             tape.append(("folded", weight))
             i += 2
             continue
         tape.append((m, h.shape))  # each layer with its input shape
-        h = m(h)
+        h = _as_conv2d(m, h) if _stride_one_transposed(m) else m(h)
         if isinstance(m, nn.ReLU):
             tape[-1] = (m, h)  # the ReLU's output gives its derivative mask
         i += 1
@@ -77,7 +77,7 @@ def adjoint(tape: list, grad: torch.Tensor) -> torch.Tensor:
         if isinstance(m, str):  # folded upsample + 3x3 transposed convolution
             grad = F.conv2d(grad, saved, None, stride=2, padding=1)
         elif isinstance(m, nn.ReLU):
-            grad = grad * (saved > 0)  # (B, C, H, W)
+            grad = torch.ops.aten.threshold_backward(grad, saved, 0)  # (B, C, H, W): zero where the ReLU was off
         elif isinstance(m, nn.ConvTranspose2d):
             grad = F.conv2d(grad, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
         elif isinstance(m, nn.Conv2d):
@@ -96,6 +96,40 @@ def folded_weight(weight: torch.Tensor) -> torch.Tensor:
     padded = F.pad(weight, (1, 1, 1, 1))  # (C_in, C_out, 5, 5)
     rows = padded[:, :, :-1] + padded[:, :, 1:]  # (C_in, C_out, 4, 5)
     return rows[..., :-1] + rows[..., 1:]  # (C_in, C_out, 4, 4)
+
+
+def folded_forward(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv_transpose2d(z, weight, bias, stride=2, padding=1)`` for a 4x4 ``weight``, computed as four
+    2x2 convolutions (one per output phase, as one channels-last conv2d call) and interleaved: on CPU this
+    is several times faster than the transposed convolution at these sizes.
+
+    Per axis, even outputs 2i take z[i-1] w3 + z[i] w1 and odd outputs 2i+1 take z[i] w2 + z[i+1] w0.
+    """
+    b, _, h, w = z.shape
+    c_out = weight.shape[1]
+    taps = ((3, 1), (2, 0))  # per phase: kernel taps for window offsets (0, 1) of the padded input
+    kernel = torch.stack([weight[:, :, list(ta)][:, :, :, list(tb)] for ta in taps for tb in taps])  # (4, C_in, C_out, 2, 2)
+    kernel = kernel.transpose(1, 2).reshape(4 * c_out, -1, 2, 2)  # (4 C_out, C_in, 2, 2)
+    padded = F.pad(z, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)  # mkldnn's fast layout here
+    phases = F.conv2d(padded, kernel).unflatten(1, (2, 2, c_out))  # (B, a, b, C_out, H+1, W+1)
+    out = z.new_empty(b, c_out, h, 2, w, 2)  # (B, C_out, H, a, W, b)
+    for a in (0, 1):
+        for c in (0, 1):
+            out[:, :, :, a, :, c] = phases[:, a, c, :, a:a + h, c:c + w]
+    out = out.view(b, c_out, 2 * h, 2 * w)  # (B, C_out, 2H, 2W)
+    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+
+
+def _stride_one_transposed(m: nn.Module) -> bool:
+    return (isinstance(m, nn.ConvTranspose2d) and m.stride == (1, 1) and m.groups == 1 and m.output_padding == (0, 0)
+            and all(d * (k - 1) >= p for d, k, p in zip(m.dilation, m.kernel_size, m.padding)))
+
+
+def _as_conv2d(m: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """A stride-1 transposed convolution is a convolution with the flipped, channel-swapped kernel (faster on CPU)."""
+    weight = m.weight.flip(2, 3).transpose(0, 1)  # (C_out, C_in, kH, kW)
+    padding = tuple(d * (k - 1) - p for d, k, p in zip(m.dilation, m.kernel_size, m.padding))
+    return F.conv2d(x, weight, m.bias, 1, padding, m.dilation)
 
 
 def _foldable(up: nn.Module, conv: nn.Module, in_hw: tuple[int, int]) -> bool:

@@ -19,26 +19,29 @@ import torch
 from pcnet import presets
 
 
+CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (robust when other jobs share the cores)
+
+
 def timed(fn, *, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs (seconds)."""
+    """Median time of ``fn()`` over ``repeats`` runs (seconds)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
 @torch.no_grad()
 def bench(name, build, *, batch, timesteps, repeats):
     torch.manual_seed(0)
-    start = time.perf_counter()
+    start = CLOCK()
     net = build()
-    construct = time.perf_counter() - start
+    construct = CLOCK() - start
     x = torch.rand(batch, *net.input_shape)  # (B, C, H, W)
-    start = time.perf_counter()
+    start = CLOCK()
     net(x, timesteps=1)
-    first = time.perf_counter() - start
+    first = CLOCK() - start
     warm_one = timed(lambda: net(x, timesteps=1), repeats=repeats)
     backbone = timed(lambda: net.backbone(x), repeats=repeats)
     t0 = timed(lambda: net(x, timesteps=0), repeats=repeats)
@@ -57,10 +60,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or process CPU time summed over threads (robust under contention)")
     parser.add_argument("--which", nargs="+", default=["shallow", "vgg16"], choices=["shallow", "vgg16"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"clock: {args.clock}; torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"{platform.python_version()}")
     if "shallow" in args.which:
         bench("shallow CIFAR net", lambda: presets.pshallow_cifar(beta=0.8, lam=0.1, alpha=0.01),
