@@ -133,6 +133,29 @@ def _kernel_env(smoke: bool):
                 os.environ[k] = v
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_widgets(path) -> int:
+    """Remove ipywidgets outputs (tqdm progress bars) and widget state from an executed notebook.
+
+    With widget state present, the site would load require.js and the widget manager from a CDN
+    (broken offline); progress bars have no place in a static page. Returns the outputs removed."""
+    path = pathlib.Path(path)
+    nb = json.loads(path.read_text())
+    removed = 0
+    for cell in nb["cells"]:
+        outputs = cell.get("outputs")
+        if outputs:
+            kept = [o for o in outputs if WIDGET_VIEW not in o.get("data", {})]
+            removed += len(outputs) - len(kept)
+            cell["outputs"] = kept
+    had_state = nb.get("metadata", {}).pop("widgets", None) is not None
+    if removed or had_state:
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return removed
+
+
 def _failure_message(path, err) -> str:
     lines = [f"chapter {path} failed"]
     if hasattr(err, "cell_index"):
@@ -164,7 +187,9 @@ def run_chapter(path, *, out: pathlib.Path, parameters: dict | None = None, smok
                                        log_output=False)
         except Exception as err:  # noqa: BLE001 - re-raised with the failing cell shown
             raise ChapterFailed(_failure_message(path.relative_to(root), err)) from err
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    strip_widgets(target)
+    return seconds
 
 
 def extract_tagged_figure(notebook, *, tag: str = "readme-figure", dest) -> bool:

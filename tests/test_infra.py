@@ -188,3 +188,20 @@ def test_cited_keys_exist():
             cited |= {k.strip() for k in group.split(",")}
     assert cited, "the book cites nothing"
     assert cited <= keys, f"cited but not in references.bib: {sorted(cited - keys)}"
+
+
+def test_runner_strips_widget_outputs_and_state(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+                        "application/vnd.jupyter.widget-view+json": {"model_id": "abc"},
+                        "text/plain": "  0%|          | 0/3"}),
+                    nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    nb.cells = [cell]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    path = tmp_path / "w.ipynb"
+    nbformat.write(nb, path)
+    assert run_chapters.strip_widgets(path) == 1
+    out = json.loads(path.read_text())
+    assert "widgets" not in out["metadata"]
+    assert [o["output_type"] for o in out["cells"][0]["outputs"]] == ["stream"]
