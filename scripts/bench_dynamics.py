@@ -32,6 +32,28 @@ def timed(fn, *, repeats: int) -> float:
     return statistics.median(times)
 
 
+def conv_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of the (transposed) convolutions and linear layers in one call of ``module``."""
+    total = 0
+
+    def count(m, inputs, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            total += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.ConvTranspose2d):
+            total += inputs[0].numel() * m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.Linear):
+            total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(count) for m in module.modules()]
+    try:
+        module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 @torch.no_grad()
 def bench(name, build, *, batch, timesteps, repeats):
     torch.manual_seed(0)
@@ -47,11 +69,17 @@ def bench(name, build, *, batch, timesteps, repeats):
     t0 = timed(lambda: net(x, timesteps=0), repeats=repeats)
     full = timed(lambda: net(x, timesteps=timesteps), repeats=repeats)
     per_step = (full - t0) / timesteps
+    states, _ = net._feedforward(x)
+    backbone_macs = conv_macs(net.backbone, x)
+    decoder_macs = sum(conv_macs(d, s) for d, s in zip(net.decoders, states))
     print(f"[{name}] batch {batch}, input {net.input_shape}, T={timesteps}, repeats {repeats}")
     print(f"  construction (probe, decoders, exact projective fields): {construct:.3f} s")
     print(f"  backbone forward: {backbone * 1e3:.1f} ms; t=0 pass through pcnet: {t0 * 1e3:.1f} ms")
     print(f"  T={timesteps} run: {full * 1e3:.1f} ms; per timestep: {per_step * 1e3:.1f} ms "
           f"= {per_step / backbone:.2f}x one feedforward pass")
+    print(f"  MACs: backbone {backbone_macs / 1e9:.2f} G, decoders {decoder_macs / 1e9:.2f} G (as built); a timestep "
+          f"needs the backbone, every decoder and its adjoint: >= {1 + 2 * decoder_macs / backbone_macs:.2f}x the "
+          f"backbone's MACs (before the folding of upsample+3x3 decoders)")
     print(f"  first call beyond a warm call: {max(first - warm_one, 0.0):.3f} s (first {first:.3f} s, warm {warm_one:.3f} s)")
     return per_step / backbone
 
