@@ -323,9 +323,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     for key, value in {**FEEDBACK_DEFAULTS, **BACKBONE_DEFAULTS}.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+    parser.add_argument("--limit", type=int, default=None, help="use only this many training images (tests)")
     args = parser.parse_args(argv)
     defaults = BACKBONE_DEFAULTS if args.what == "backbone" else FEEDBACK_DEFAULTS
     options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    options.update({"limit": args.limit} if args.limit is not None else {})
     command = "python -m pcnet.train " + " ".join(sys.argv[1:] if argv is None else argv)
     checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
     load_before, fingerprints = _machine_load(), {}
