@@ -199,17 +199,19 @@ def correlation_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def state_distance_over_time(net, clean: torch.Tensor, noisy: torch.Tensor, *, timesteps: int,
-                             reference: str = "clean-t0") -> torch.Tensor:
+                             reference: str = "clean-t", feedback: str = "prediction") -> torch.Tensor:
     """Mean correlation distance between the states for noisy and for clean images: (T+1, N).
 
-    reference="clean-t0": compare noisy e_n(t) with the clean feedforward state e_n(0) (a fixed target);
-    reference="clean-t": compare with the clean state at the same timestep.
+    Both runs use the same dynamics (``feedback``). reference="clean-t": compare noisy e_n(t) with the
+    clean state at the same timestep; "clean-t0": with the clean feedforward state e_n(0) (a fixed target).
     """
     if reference not in ("clean-t0", "clean-t"):
         raise ValueError(f"reference must be 'clean-t0' or 'clean-t', got {reference!r}")
+    if clean.shape != noisy.shape:
+        raise ValueError(f"clean and noisy batches differ in shape: {tuple(clean.shape)} vs {tuple(noisy.shape)}")
     dev = _device_of(net)
-    tc = net.run(clean.to(dev), timesteps=timesteps, record=("states",))
-    tn = net.run(noisy.to(dev), timesteps=timesteps, record=("states",))
+    tc = net.run(clean.to(dev), timesteps=timesteps, feedback=feedback, record=("states",))
+    tn = net.run(noisy.to(dev), timesteps=timesteps, feedback=feedback, record=("states",))
     out = torch.empty(timesteps + 1, len(tc.states))
     for n, (sc, sn) in enumerate(zip(tc.states, tn.states)):  # each (T+1, B, ...)
         for t in range(timesteps + 1):

@@ -139,7 +139,8 @@ def test_state_distance_over_time_is_zero_for_identical_inputs():
     x = torch.rand(6, 1, 8, 8)
     with torch.no_grad():
         d = E.state_distance_over_time(net, x, x, timesteps=3, reference="clean-t")
-        d0 = E.state_distance_over_time(net, x, E.gaussian_noise(x, sigma=0.3, generator=0), timesteps=3)
+        d0 = E.state_distance_over_time(net, x, E.gaussian_noise(x, sigma=0.3, generator=0), timesteps=3,
+                                        reference="clean-t0", feedback="zero")
     assert d.shape == (4, 2) and d.abs().max() < 1e-5
     assert d0.shape == (4, 2) and (d0[0] > 0).all()
 
