@@ -6,6 +6,7 @@ Everything here takes a predified network (``pcnet.predify``) and a dataset or l
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -92,6 +93,17 @@ def corrupt_dataset(data: Dataset | DataLoader, corrupt: Corruption | None, *, s
 def _device_of(net: torch.nn.Module) -> torch.device:
     p = next(net.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def hparams_set(net, **values):
+    """Temporarily set ``beta``/``lam``/``alpha`` on ``net`` (validated); the old values return on exit."""
+    old = {k: v.clone() for k, v in net.hparams().items()}
+    net.set_hparams(**values)
+    try:
+        yield net
+    finally:
+        net.set_hparams(**old)
 
 
 # --------------------------------------------------------------------------- accuracy per timestep

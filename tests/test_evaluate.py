@@ -89,6 +89,20 @@ def test_accuracy_per_timestep_matches_manual_loop():
     torch.testing.assert_close(zero, manual_zero)
 
 
+def test_hparams_set_restores_and_validates():
+    net = tiny_prednet()
+    with E.hparams_set(net, lam=0.0, alpha=0.5):
+        h = net.hparams()
+        assert h["lam"].tolist() == [0.0, 0.0] and h["alpha"].tolist() == [0.5, 0.5]
+    h = net.hparams()
+    torch.testing.assert_close(h["lam"], torch.tensor([0.1, 0.0], dtype=h["lam"].dtype))
+    torch.testing.assert_close(h["alpha"], torch.tensor([0.01, 0.01], dtype=h["alpha"].dtype))
+    with pytest.raises(ValueError, match="beta \\+ lam"):
+        with E.hparams_set(net, beta=0.95, lam=0.1):
+            pass
+    torch.testing.assert_close(net.hparams()["beta"], torch.tensor([0.8, 0.8], dtype=h["beta"].dtype))
+
+
 def test_evaluate_dynamics_records_errors_and_terms():
     net = tiny_prednet()
     x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 3, (20,))
