@@ -1,1 +1,15 @@
-"""pcnet: predictive-coding dynamics for pretrained convolutional networks (after Predify)."""
+"""pcnet: predictive-coding dynamics for pretrained convolutional networks (after Predify).
+
+    net = pcnet.predify(model, layers=["features.3", "features.8"], input_shape=(3, 224, 224))
+    logits = net(images, timesteps=10)  # (11, batch, classes); index 0 is the plain backbone
+"""
+from . import decoders, dynamics, hparams, presets
+from .build import predify
+from .controls import rescaled_forward
+from .core import PredNet, Trace
+from .docs import show_source
+from .feedback import feedback_loss, feedback_step
+
+__all__ = ["predify", "PredNet", "Trace", "feedback_loss", "feedback_step", "rescaled_forward", "show_source",
+           "decoders", "dynamics", "hparams", "presets"]
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""predify(): wrap a pretrained CNN into a :class:`~pcnet.core.PredNet`."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import decoders as dec
+from . import dynamics, wiring
+from .core import PredNet
+from .hparams import PAPER_DEFAULTS, Hyperparameters
+
+
+def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[int], decoders=None,
+            beta=PAPER_DEFAULTS["beta"], lam=PAPER_DEFAULTS["lam"], alpha=PAPER_DEFAULTS["alpha"],
+            error_scale: str = "projective", learnable: bool = False) -> PredNet:
+    """Put PCoders at ``layers`` (dotted paths of ``model.named_modules()``, in forward order).
+
+    ``input_shape`` (C, H, W) is probed once to size the decoders. ``decoders`` (one per layer, decoder n
+    predicting the output of layer n-1, the image for n = 1) are built automatically when None: upsample to
+    the exact target size, a 3x3 transposed convolution, and a ReLU unless the target can be negative.
+    ``beta``, ``lam``, ``alpha``: a scalar (``lam`` then applies below the top PCoder) or one value per layer.
+    ``error_scale``: "projective" (per-sample, 1/sqrt(C)) or "mean" (the original package's batch mean);
+    see :func:`pcnet.dynamics.error_scale`. The model is put in eval mode and otherwise left untouched.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if error_scale not in dynamics.ERROR_SCALES:
+        raise ValueError(f"error_scale must be one of {dynamics.ERROR_SCALES}, got {error_scale!r}")
+    layers = list(layers) if not isinstance(layers, str) else layers
+    was_training = model.training
+    try:
+        modules = wiring.resolve(model, layers)
+        model.eval()
+        probed = wiring.probe(model, layers, modules, input_shape)
+        hyper = Hyperparameters(n=len(layers), beta=beta, lam=lam, alpha=alpha, learnable=learnable)
+        decoders = _decoders(model, layers, tuple(input_shape), probed, decoders)
+    except Exception:
+        model.train(was_training)
+        raise
+    fields = [dec.projective_field_size(d, source=s) for d, s in zip(decoders, probed["shapes"])]
+    return PredNet(model, layers=layers, input_shape=tuple(int(s) for s in input_shape), shapes=probed["shapes"],
+                   decoders=decoders, hyper=hyper, error_scale=error_scale, projective_fields=fields)
+
+
+def _decoders(model, layers, input_shape, probed, given) -> list[nn.Module]:
+    shapes = probed["shapes"]
+    targets = [input_shape] + shapes[:-1]
+    if given is None:
+        given = [dec.auto_decoder(source=shapes[n], target=targets[n], relu=n > 0 and probed["nonnegative"][n - 1])
+                 for n in range(len(layers))]
+    given = list(given)
+    if len(given) != len(layers):
+        raise ValueError(f"got {len(given)} decoders for {len(layers)} layers; pass one per layer (decoder n "
+                         f"predicts layer n-1, the image for n = 1)")
+    p = next(model.parameters(), None)
+    for n, d in enumerate(given):
+        if not isinstance(d, nn.Module) or next(d.parameters(), None) is None:
+            raise TypeError(f"decoder {n} must be an nn.Module with parameters, got {type(d).__name__}")
+        if p is not None:
+            d.to(device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            out = d(torch.zeros(1, *shapes[n], device=p.device if p is not None else "cpu",
+                                dtype=p.dtype if p is not None else torch.float32))
+        if tuple(out.shape[1:]) != tuple(targets[n]):
+            below = "the image" if n == 0 else f"layer {layers[n - 1]!r}"
+            raise ValueError(f"decoder {n} (for layer {layers[n]!r}) maps {tuple(shapes[n])} to {tuple(out.shape[1:])}, "
+                             f"but {below} has shape {tuple(targets[n])}; fix its upsampling size, stride or padding")
+    return given
