@@ -1,0 +1,123 @@
+"""Backbone builders and loaders for the committed reference weights.
+
+`fmnist_vgg` is the small VGG-style BatchNorm CNN of chapter 2 (book/02_backbone.ipynb);
+`load_reference_backbone` / `load_reference_prednet` load the weights that chapter and
+chapter 3 (book/03_feedback.ipynb) commit under data/weights/.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FMNIST_VGG_LAYERS",
+    "BACKBONES",
+    "fmnist_vgg",
+    "build_backbone",
+    "reference_weights_path",
+    "feedback_weights_path",
+    "load_reference_backbone",
+    "load_reference_prednet",
+]
+
+# Dotted paths (from `named_modules`) of the ReLU that ends each conv block: where PCoders go.
+# In forward order; each is followed by a 2x2 max-pool.
+FMNIST_VGG_LAYERS: list[str] = ["features.5", "features.12", "features.16"]
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def fmnist_vgg(*, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> nn.Module:
+    """Small VGG-style CNN with BatchNorm for 28x28 (Fashion-MNIST) or 32x32 (CIFAR-10) images.
+
+    Three conv blocks (conv-BN-ReLU x2, x2, x1, each then a 2x2 max-pool) with `width`, 2*`width`,
+    4*`width` channels, then a 3x3 adaptive average pool, dropout and one linear layer.
+    The ReLUs ending the blocks are at `FMNIST_VGG_LAYERS`.
+    """
+    w = width
+    features = nn.Sequential(
+        *_conv_bn_relu(in_channels, w), *_conv_bn_relu(w, w), nn.MaxPool2d(2),  # 0-5, 6: (w,H/2,W/2)
+        *_conv_bn_relu(w, 2 * w), *_conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2),  # 7-12, 13: (2w,H/4,W/4)
+        *_conv_bn_relu(2 * w, 4 * w), nn.MaxPool2d(2),  # 14-16, 17: (4w,H/8,W/8)
+    )
+    classifier = nn.Sequential(
+        nn.AdaptiveAvgPool2d(3),  # (4w,3,3); identity for 28x28 input
+        nn.Flatten(),  # (36w,)
+        nn.Dropout(0.3),
+        nn.Linear(4 * w * 9, num_classes),  # (num_classes,)
+    )
+    return nn.Sequential(OrderedDict(features=features, classifier=classifier))
+
+
+# The reference backbones: name -> (builder options, input shape). Same layer paths for both.
+BACKBONES: dict[str, tuple[dict, tuple[int, int, int]]] = {
+    "fmnist_vgg": (dict(in_channels=1, width=16), (1, 28, 28)),
+    "cifar10_vgg": (dict(in_channels=3, width=32), (3, 32, 32)),
+}
+
+
+def build_backbone(name: str = "fmnist_vgg") -> nn.Module:
+    """A freshly initialised reference backbone (`fmnist_vgg` or `cifar10_vgg`)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; use one of {sorted(BACKBONES)}")
+    return fmnist_vgg(**BACKBONES[name][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference weights (committed under data/weights/, produced by `python -m pcnet.train`)
+
+def _weights_dir() -> Path:
+    from pcnet.data import DATA_DIR  # deferred: no side effects at import
+
+    return Path(DATA_DIR) / "weights"
+
+
+def reference_weights_path(name: str = "fmnist_vgg") -> Path:
+    """Path of a committed backbone state dict, e.g. data/weights/fmnist_vgg.pt."""
+    return _weights_dir() / f"{name}.pt"
+
+
+def feedback_weights_path(name: str = "fmnist_vgg", *, seed: int = 0) -> Path:
+    """Path of committed feedback-decoder weights, e.g. data/weights/fmnist_vgg_feedback_seed0.pt."""
+    return _weights_dir() / f"{name}_feedback_seed{seed}.pt"
+
+
+def _load(path: Path, fix: str) -> dict:
+    from pcnet.weights import load_weights
+
+    if not path.exists():
+        raise FileNotFoundError(f"reference weights {path} are missing; to recreate them {fix}")
+    try:
+        return load_weights(path)
+    except Exception as exc:  # corrupt file or sha256 mismatch
+        raise RuntimeError(f"could not load reference weights {path} ({exc}); to recreate them {fix}") from exc
+
+
+def load_reference_backbone(*, name: str = "fmnist_vgg") -> nn.Module:
+    """The chapter-2 backbone with its committed weights, in eval mode (sha256-checked on load)."""
+    model = build_backbone(name)
+    fix = (f"run `python -m pcnet.train backbone --name {name} --seed 0` "
+           "(or book/02_backbone.ipynb with TRAIN=True)")
+    model.load_state_dict(_load(reference_weights_path(name), fix))
+    return model.eval()
+
+
+def load_reference_prednet(*, seed: int = 0, name: str = "fmnist_vgg", **predify_kwargs):
+    """Reference backbone predified at `FMNIST_VGG_LAYERS` with the committed decoders of `seed`.
+
+    Extra keyword arguments (beta, lam, alpha, error_scale, learnable, ...) go to `pcnet.predify`.
+    """
+    import pcnet
+
+    backbone = load_reference_backbone(name=name)
+    net = pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1],
+                        **predify_kwargs)
+    fix = (f"run `python -m pcnet.train feedback --name {name} --seed {seed}` "
+           "(or book/03_feedback.ipynb with TRAIN=True)")
+    net.decoders.load_state_dict(_load(feedback_weights_path(name, seed=seed), fix))
+    return net.eval()

@@ -1,0 +1,300 @@
+"""Training loops: the feedforward backbone (chapter 2) and the feedback decoders (chapter 3).
+
+Both loops are deterministic for a given `seed`, show tqdm progress bars, and, given a
+`checkpoint` path, save their full state atomically after every epoch and resume from it.
+Command line (writes the committed reference weights with provenance):
+
+    python -m pcnet.train backbone --seed 0
+    python -m pcnet.train feedback --seed 0
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "BACKBONE_DEFAULTS",
+    "FEEDBACK_DEFAULTS",
+    "as_tensors",
+    "lr_at",
+    "train_classifier",
+    "evaluate",
+    "confusion_matrix",
+    "train_feedback",
+    "feedback_loss_on",
+]
+
+# Full parameters of the committed reference runs (the chapters' parameters cells use the same).
+BACKBONE_DEFAULTS = dict(epochs=8, batch_size=128, lr=3e-3, val_size=5000)
+FEEDBACK_DEFAULTS = dict(epochs=3, batch_size=128, lr=1e-3)
+
+
+def as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (images, labels) of a dataset as two tensors; fast for TensorDataset and its Subsets."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, torch.utils.data.Subset):
+        x, y = as_tensors(dataset.dataset)
+        index = torch.as_tensor(dataset.indices, dtype=torch.long)  # (n,)
+        return x[index], y[index]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1000)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys).long()
+
+
+def lr_at(step: int, total: int, lr: float, *, warmup: float = 0.1) -> float:
+    """Learning rate at `step` of `total`: linear warm-up for `warmup` of the run, then cosine to 0."""
+    w = max(1, int(warmup * total))
+    if step < w:
+        return lr * (step + 1) / w
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+def _batches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Shuffled index batches for one epoch; depends only on (seed, epoch), so resuming is exact."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return list(torch.randperm(n, generator=g).split(batch_size))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file next to `path`, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(checkpoint, config: dict, modules: dict) -> tuple[int, dict | None]:
+    """Load `checkpoint` into `modules` (name -> object with load_state_dict) if it exists."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return 0, None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state["config"] != config:
+        raise ValueError(f"checkpoint {checkpoint} was made with {state['config']}, not {config}; "
+                         "delete it to start afresh or pass the same options to resume")
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    torch.set_rng_state(state["rng"])
+    return state["epoch"], state["history"]
+
+
+def _classifier_epoch(model, x, y, optimizer, *, epoch, seed, batch_size, lr, total, bar):
+    """One epoch of cross-entropy training; returns (mean loss, accuracy) on the training batches."""
+    model.train()
+    loss_sum, correct, batches = 0.0, 0, _batches(len(x), batch_size, seed=seed, epoch=epoch)
+    for i, index in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(epoch * len(batches) + i, total, lr)
+        images = x[index].contiguous(memory_format=torch.channels_last)  # (B,C,H,W)
+        logits = model(images)  # (B,K)
+        loss = F.cross_entropy(logits, y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(index)
+        correct += (logits.argmax(1) == y[index]).sum().item()
+        bar.update(len(index))
+    return loss_sum / len(x), correct / len(x)
+
+
+def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
+                     seed: int, checkpoint=None, val_set=None, weight_decay: float = 5e-4,
+                     progress: bool = True) -> dict:
+    """Train `model` with cross-entropy (AdamW, warm-up + cosine learning rate); returns the history.
+
+    history: lists per epoch of `train_loss`, `train_acc`, `val_acc` (if `val_set`), `seconds`.
+    """
+    torch.manual_seed(seed)
+    x, y = as_tensors(train_set)
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), weight_decay=weight_decay)
+    start, history = _resume(checkpoint, config, {"model": model, "optimizer": optimizer})
+    history = history or {"train_loss": [], "train_acc": [], "val_acc": [], "seconds": []}
+    total = epochs * math.ceil(len(x) / batch_size)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        with tqdm(total=len(x), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress) as bar:
+            loss, acc = _classifier_epoch(model, x, y, optimizer, epoch=epoch, seed=seed,
+                                          batch_size=batch_size, lr=lr, total=total, bar=bar)
+            history["val_acc"].append(evaluate(model, val_set)[0] if val_set is not None else None)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=history["val_acc"][-1])
+        history["train_loss"].append(loss), history["train_acc"].append(acc)
+        history["seconds"].append(time.perf_counter() - t0)
+        if checkpoint is not None:
+            _save_atomic({"config": config, "epoch": epoch + 1, "history": history, "rng": torch.get_rng_state(),
+                          "model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(checkpoint))
+    model.to(memory_format=torch.contiguous_format)
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 1000) -> tuple[float, torch.Tensor]:
+    """(accuracy, predicted labels (N,)) of `model` in eval mode on `dataset`."""
+    was_training = model.training
+    model.eval()
+    x, y = as_tensors(dataset)
+    predictions = torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])  # (N,)
+    model.train(was_training)
+    return (predictions == y).float().mean().item(), predictions
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, *, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) counts: row = true class, column = predicted class."""
+    flat = labels.long() * num_classes + predictions.long()  # (N,)
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+@torch.no_grad()
+def feedback_loss_on(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
+    """Per-layer reconstruction loss (eq-feedback-loss) of `net` averaged over `dataset`: Tensor(N)."""
+    import pcnet
+
+    x, _ = as_tensors(dataset)
+    per_layer = [pcnet.feedback_loss(net, xb)[1] * len(xb) for xb in x.split(batch_size)]  # each (N,)
+    return torch.stack(per_layer).sum(0) / len(x)
+
+
+def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, seed: int,
+                   checkpoint=None, val_set=None, progress: bool = True) -> dict:
+    """Train only the decoders of PredNet `net` on the reconstruction loss (eq-feedback-loss).
+
+    The backbone stays frozen in eval mode, so its weights and BatchNorm running statistics do
+    not change. history: `step_loss` (per batch, per layer), `epoch_loss` and `val_loss`
+    (per epoch, per layer), `seconds`.
+    """
+    import pcnet
+
+    torch.manual_seed(seed)
+    x, _ = as_tensors(train_set)
+    optimizer = torch.optim.Adam(net.decoders.parameters(), lr=lr)
+    config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x))
+    start, history = _resume(checkpoint, config, {"decoders": net.decoders, "optimizer": optimizer})
+    history = history or {"step_loss": [], "epoch_loss": [], "val_loss": [], "seconds": []}
+    net.train()
+    net.backbone.eval()  # frozen: BatchNorm uses (and keeps) its running statistics
+    for epoch in range(start, epochs):
+        t0, losses = time.perf_counter(), []
+        for index in tqdm(_batches(len(x), batch_size, seed=seed, epoch=epoch),
+                          desc=f"feedback epoch {epoch + 1}/{epochs}", disable=not progress):
+            losses.append(pcnet.feedback_step(net, x[index], optimizer))  # (N,)
+        history["step_loss"] += torch.stack(losses).tolist()
+        history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
+        history["val_loss"].append(feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
+        history["seconds"].append(time.perf_counter() - t0)
+        if checkpoint is not None:
+            _save_atomic({"config": config, "epoch": epoch + 1, "history": history, "rng": torch.get_rng_state(),
+                          "decoders": net.decoders.state_dict(), "optimizer": optimizer.state_dict()},
+                         Path(checkpoint))
+    net.eval()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference runs: the exact code behind the committed weights (also called by chapters 2 and 3)
+
+def _data(name: str, split: str):
+    from pcnet import data
+
+    return data.fashion_mnist(split=split) if name == "fmnist_vgg" else data.cifar10(split=split)
+
+
+def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: int, batch_size: int,
+                           lr: float, val_size: int = 5000, limit: int | None = None, checkpoint=None,
+                           progress: bool = True):
+    """Build and train a reference backbone on the training split less a validation split.
+
+    `limit` keeps only the first `limit` training images (smoke runs). Returns (model, history);
+    history also holds `test_acc` and `train_seconds`.
+    """
+    from pcnet.data import split_train_val
+    from pcnet.models import build_backbone
+
+    train, val = split_train_val(_data(name, "train"), val_size=val_size, seed=0)
+    if limit is not None:
+        train = torch.utils.data.Subset(train, range(min(limit, len(train))))
+    torch.manual_seed(seed)
+    model = build_backbone(name)
+    t0 = time.perf_counter()
+    history = train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                               checkpoint=checkpoint, val_set=val, progress=progress)
+    history["train_seconds"] = time.perf_counter() - t0
+    history["test_acc"] = evaluate(model, _data(name, "test"))[0]
+    return model.eval(), history
+
+
+def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0, epochs: int,
+                           batch_size: int, lr: float, val_size: int = 5000, limit: int | None = None,
+                           checkpoint=None, progress: bool = True):
+    """Predify `backbone` at FMNIST_VGG_LAYERS (decoders initialised from `seed`) and train the decoders.
+
+    Returns (net, history) with history from `train_feedback` plus `train_seconds`.
+    """
+    import pcnet
+    from pcnet.data import split_train_val
+    from pcnet.models import BACKBONES, FMNIST_VGG_LAYERS
+
+    train, val = split_train_val(_data(name, "train"), val_size=val_size, seed=0)
+    if limit is not None:
+        train, val = (torch.utils.data.Subset(s, range(min(limit, len(s)))) for s in (train, val))
+    torch.manual_seed(seed)
+    net = pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1])
+    t0 = time.perf_counter()
+    history = train_feedback(net, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                             checkpoint=checkpoint, val_set=val, progress=progress)
+    history["train_seconds"] = time.perf_counter() - t0
+    return net.eval(), history
+
+
+def _machine_load() -> dict:
+    """Load average and thread count, recorded beside timings (the machine may be shared)."""
+    return {"loadavg_1_5_15": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> None:
+    """CLI: `python -m pcnet.train {backbone,feedback} --seed S [--epochs ...]` writes data/weights/."""
+    import argparse
+    import sys
+
+    from pcnet.data import DATA_DIR
+    from pcnet.models import feedback_weights_path, load_reference_backbone, reference_weights_path
+    from pcnet.weights import save_json_result, save_weights
+
+    parser = argparse.ArgumentParser(prog="python -m pcnet.train", description=main.__doc__)
+    parser.add_argument("what", choices=["backbone", "feedback"])
+    parser.add_argument("--name", default="fmnist_vgg", choices=["fmnist_vgg", "cifar10_vgg"])
+    parser.add_argument("--seed", type=int, default=0)
+    for key, value in {**FEEDBACK_DEFAULTS, **BACKBONE_DEFAULTS}.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+    args = parser.parse_args(argv)
+    defaults = BACKBONE_DEFAULTS if args.what == "backbone" else FEEDBACK_DEFAULTS
+    options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    command = "python -m pcnet.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
+    load_before = _machine_load()
+    if args.what == "backbone":
+        model, history = reference_backbone_run(name=args.name, seed=args.seed, checkpoint=checkpoint, **options)
+        out, state = reference_weights_path(args.name), model.state_dict()
+    else:
+        net, history = reference_feedback_run(load_reference_backbone(name=args.name), name=args.name,
+                                              seed=args.seed, checkpoint=checkpoint, **options)
+        out, state = feedback_weights_path(args.name, seed=args.seed), net.decoders.state_dict()
+    extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
+             **{k: history[k] for k in ("train_seconds", "test_acc") if k in history}}
+    sha = save_weights(out, state, command=command, seed=args.seed, extra=extra)
+    save_json_result(DATA_DIR / "results" / f"{out.stem}_history.json", history, command=command,
+                     seed=args.seed, extra={"weights": out.name, "weights_sha256": sha})
+    checkpoint.unlink(missing_ok=True)
+    print(f"saved {out} (sha256 {sha[:12]}); " + ", ".join(f"{k}={v}" for k, v in extra.items()
+                                                            if k in ("train_seconds", "test_acc")))
+
+
+if __name__ == "__main__":
+    main()
