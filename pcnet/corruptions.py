@@ -380,6 +380,7 @@ def download_cifar10_c(root: str | os.PathLike) -> Path:
             urllib.request.urlretrieve(CIFAR10_C_URL, tar.with_suffix(".part"))
             os.replace(tar.with_suffix(".part"), tar)
     except OSError as err:
+        tar.with_suffix(".part").unlink(missing_ok=True)  # nothing half-written is left behind
         raise RuntimeError(f"could not download {CIFAR10_C_URL} ({err}); this machine is offline? Copy the "
                            f"extracted CIFAR-10-C folder to {root} instead.") from err
     with tarfile.open(tar) as t:

@@ -38,18 +38,27 @@ def correct_per_timestep(predict, images: torch.Tensor, labels: torch.Tensor, *,
 def accuracy_grid(predict, cset: dict, *, batch_size: int = 500, progress: bool = True,
                   reset=None) -> torch.Tensor:
     """Accuracy (C, S, T+1) of ``predict`` on a corrupted set from ``pcnet.corruptions.corrupted_set`` (names in
-    insertion order). ``reset()``, if given, is called before each corruption x severity (test-time adaptation
-    methods restart from the source model there)."""
+    insertion order). Without ``reset`` all sets run through ``predict`` in large mixed batches; with
+    ``reset()`` (test-time adaptation restarting from the source model) each corruption x severity is one
+    separate batch, with ``reset()`` called before it."""
     from tqdm.auto import tqdm
-    names = list(cset["images"])
+    names, labels = list(cset["images"]), cset["labels"]
+    stack = torch.stack([cset["images"][n] for n in names])  # (C, S, N, ...)
+    c, s, n = stack.shape[:3]
+    if reset is None:
+        flat = stack.flatten(0, 2)  # (C*S*N, ...)
+        parts = []
+        for i in tqdm(range(0, len(flat), batch_size), desc="accuracy grid", disable=not progress, leave=False):
+            parts.append(correct_per_timestep(predict, flat[i:i + batch_size], labels.repeat(c * s)[i:i + batch_size],
+                                              batch_size=batch_size))
+        correct = torch.cat(parts, dim=1)  # (T+1, C*S*N)
+        return correct.view(-1, c, s, n).float().mean(-1).permute(1, 2, 0)  # (C, S, T+1)
     rows = []
-    for name in tqdm(names, desc="accuracy grid", disable=not progress, leave=False):
+    for imgs_c in tqdm(stack, desc="accuracy grid", disable=not progress, leave=False):
         per_sev = []
-        for imgs in cset["images"][name]:  # (N, C, H, W) per severity
-            if reset is not None:
-                reset()
-            per_sev.append(correct_per_timestep(predict, imgs, cset["labels"], batch_size=batch_size)
-                           .float().mean(-1))
+        for imgs in imgs_c:  # (N, ...) one corruption x severity
+            reset()
+            per_sev.append(correct_per_timestep(predict, imgs, labels, batch_size=len(imgs)).float().mean(-1))
         rows.append(torch.stack(per_sev))
     return torch.stack(rows)  # (C, S, T+1)
 

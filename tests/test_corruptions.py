@@ -149,3 +149,15 @@ def test_stratified_subset():
     assert torch.equal(idx, C.stratified_subset(labels, per_class=3, seed=0))
     with pytest.raises(ValueError, match="per_class"):
         C.stratified_subset(labels, per_class=11)
+
+
+def test_download_offline_gives_clear_error(tmp_path, monkeypatch):
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    with pytest.raises(RuntimeError, match="offline"):
+        C.download_cifar10_c(tmp_path)
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / "CIFAR-10-C.tar").exists()
