@@ -60,11 +60,21 @@ def _decoders(model, layers, input_shape, probed, given) -> list[nn.Module]:
             raise TypeError(f"decoder {n} must be an nn.Module with parameters, got {type(d).__name__}")
         if p is not None:
             d.to(device=p.device, dtype=p.dtype)
-        with torch.no_grad():
-            out = d(torch.zeros(1, *shapes[n], device=p.device if p is not None else "cpu",
-                                dtype=p.dtype if p is not None else torch.float32))
-        if tuple(out.shape[1:]) != tuple(targets[n]):
+        out_shape = _output_shape(d, shapes[n])
+        if out_shape != tuple(targets[n]):
             below = "the image" if n == 0 else f"layer {layers[n - 1]!r}"
-            raise ValueError(f"decoder {n} (for layer {layers[n]!r}) maps {tuple(shapes[n])} to {tuple(out.shape[1:])}, "
+            raise ValueError(f"decoder {n} (for layer {layers[n]!r}) maps {tuple(shapes[n])} to {out_shape}, "
                              f"but {below} has shape {tuple(targets[n])}; fix its upsampling size, stride or padding")
     return given
+
+
+def _output_shape(decoder: nn.Module, source) -> tuple:
+    """The decoder's output shape for one state of shape ``source``, computed on the meta device (no compute)."""
+    meta = {k: torch.empty_like(v, device="meta") for k, v in list(decoder.named_parameters()) + list(decoder.named_buffers())}
+    try:
+        out = torch.func.functional_call(decoder, meta, (torch.empty(1, *source, device="meta"),))
+    except (NotImplementedError, RuntimeError):  # a layer without meta support: run it for real
+        p = next(decoder.parameters())
+        with torch.no_grad():
+            out = decoder(torch.zeros(1, *source, device=p.device, dtype=p.dtype))
+    return tuple(out.shape[1:])

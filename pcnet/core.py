@@ -128,6 +128,8 @@ class PredNet(nn.Module):
                     pred, grad = dynamics.error_gradient_adjoint(decoder, state, target, scale=scale)
                 else:
                     pred, grad = dynamics.error_gradient(decoder, state, target, scale=scale, create_graph=grad_mode)
+            elif need_pred and not grad_mode and dec.supports_adjoint(decoder):
+                pred, _ = dec.forward_with_tape(decoder, state)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
             elif need_pred:
                 pred = decoder(state)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
             self._check_finite(grad, f"error gradient of PCoder {n} ({self.layers[n]!r})", t)
@@ -158,7 +160,7 @@ class PredNet(nn.Module):
         values = self.hyper.values()
         learnable = self.hyper.learnable and grad_mode
         if learnable:
-            coef = {k: list(v.to(self.projective_fields.device).float().unbind()) for k, v in values.items()}
+            coef = {k: list(v.unbind()) for k, v in values.items()}  # 0-dim tensors, differentiable
         else:
             coef = {k: [float(c) for c in v.detach().tolist()] for k, v in values.items()}
         coef["learnable"] = learnable
@@ -167,7 +169,8 @@ class PredNet(nn.Module):
     # ----------------------------------------------------------------- checks
     @staticmethod
     def _check_finite(tensor, what, t):
-        if tensor is not None and not torch.isfinite(tensor).all():
+        # one reduction: any inf or NaN (or an overflowing sum, itself a sign of divergence) makes the sum non-finite
+        if tensor is not None and not torch.isfinite(tensor.sum()):
             raise FloatingPointError(f"non-finite values in the {what} at timestep {t}; lower alpha (or check the "
                                      f"input and decoder weights)")
 

@@ -28,7 +28,11 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_DIR = pathlib.Path(os.environ.get("PCNET_DATA", REPO_ROOT / "data")).expanduser()
+# <repo>/data in a checkout (the usual case: `pip install -e .`, Colab clone); ~/.cache/pcnet for a
+# plain `pip install`; the environment variable PCNET_DATA overrides both.
+_DEFAULT_DATA = (REPO_ROOT / "data" if (REPO_ROOT / "pyproject.toml").exists()
+                 else pathlib.Path.home() / ".cache" / "pcnet")
+DATA_DIR = pathlib.Path(os.environ.get("PCNET_DATA", _DEFAULT_DATA)).expanduser()
 DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

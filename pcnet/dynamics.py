@@ -20,8 +20,16 @@ def update_state(state, *, feedforward, prediction, error_grad, beta, lam, alpha
     + (1 - beta - lam) e_n(t) - alpha grad eps_{n-1}(t).
 
     ``prediction`` is None for the top PCoder (no feedback); ``error_grad`` None means the term is 0.
-    Coefficients are floats or 0-dim tensors (differentiable when learnable).
+    Coefficients are floats or 0-dim tensors (differentiable when learnable); without grad mode they
+    must be floats.
     """
+    if not torch.is_grad_enabled():  # the same sum accumulated in one buffer (no graph to keep intact)
+        new = feedforward.mul(beta).add_(state, alpha=1 - beta - lam)  # (B, C, H, W)
+        if prediction is not None:
+            new.add_(prediction, alpha=lam)
+        if error_grad is not None:
+            new.sub_(error_grad, alpha=alpha)
+        return new
     new = beta * feedforward + (1 - beta - lam) * state  # (B, C, H, W): eq-feedforward + eq-memory
     if prediction is not None:
         new = new + lam * prediction  # eq-feedback
@@ -69,7 +77,7 @@ def error_gradient_adjoint(decoder: nn.Sequential, state, target, *, scale: floa
     """
     prediction, tape = dec.forward_with_tape(decoder, state)  # (B, C', H', W')
     signal = (prediction - target).mul_(2 * scale)  # (B, C', H', W')
-    return prediction, dec.adjoint(decoder, tape, signal)  # (B, C, H, W)
+    return prediction, dec.adjoint(tape, signal)  # (B, C, H, W)
 
 
 def fixed_point_scale(*, beta: float, lam: float) -> float:

@@ -63,7 +63,7 @@ class Hyperparameters(nn.Module):
             self.lam_mask[-1, 1] = False
         else:
             for name in ("beta", "lam", "alpha"):
-                self.register_buffer(name, torch.zeros(n))
+                self.register_buffer(name, torch.zeros(n, dtype=torch.float64))  # exact as given
         self.set(beta=beta, lam=lam, alpha=alpha)
 
     def _checked(self, beta, lam, alpha):

@@ -17,6 +17,7 @@ __all__ = [
     "BACKBONES",
     "fmnist_vgg",
     "build_backbone",
+    "summary",
     "reference_weights_path",
     "feedback_weights_path",
     "load_reference_backbone",
@@ -66,6 +67,36 @@ def build_backbone(name: str = "fmnist_vgg") -> nn.Module:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; use one of {sorted(BACKBONES)}")
     return fmnist_vgg(**BACKBONES[name][0])
+
+
+def summary(model: nn.Module, *, input_shape: tuple[int, ...]) -> list[dict]:
+    """One row per leaf module, in call order: name, module type, output shape, parameters, MACs.
+
+    MACs (multiply-accumulates per image) are counted for Conv2d and Linear layers only.
+    """
+    rows, hooks = [], []
+
+    def hook(module, inputs, output, *, name):
+        macs = 0
+        if isinstance(module, nn.Conv2d):
+            k = module.weight[0].numel()  # C_in/groups * kh * kw
+            macs = output[0].numel() * k
+        elif isinstance(module, nn.Linear):
+            macs = module.weight.numel()
+        rows.append({"name": name, "type": type(module).__name__, "output_shape": tuple(output.shape[1:]),
+                     "params": sum(p.numel() for p in module.parameters()), "macs": macs})
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name=name)))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))  # (1,C,H,W)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,16 @@ from torch import nn
 
 from .build import predify
 
+
+def _torchvision(builder, weights):
+    """Build a torchvision model; a failed weights download gets an error that names the fix."""
+    try:
+        return builder(weights=weights)
+    except OSError as err:  # URLError, socket and file errors while fetching the weights
+        raise RuntimeError(f"could not load torchvision weights {weights!r} for {builder.__name__} ({err}); they are "
+                           f"downloaded from the internet: run once on a connected machine (or Colab) so they are "
+                           f"cached under ~/.cache/torch, or pass weights=None for an untrained backbone") from err
+
 VGG16_LAYERS = ["features.3", "features.8", "features.15", "features.22", "features.29"]
 EFFICIENTNET_B0_LAYERS = ["features.0"] + [f"features.{i}" for i in range(1, 8)]
 RESNET18_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
@@ -23,22 +33,22 @@ def vgg16_decoders() -> list[nn.Module]:
             up(256, 128, 14, 2, 6), up(512, 256, 14, 2, 6), up(512, 512, 14, 2, 6)]
 
 
-def pvgg16(*, weights=None, **kwargs):
+def pvgg16(*, weights=None, image_size: int = 224, **kwargs):
     """PVGG16: torchvision ``vgg16`` with 5 PCoders after the last ReLU of each conv block."""
-    return predify(torchvision.models.vgg16(weights=weights), layers=VGG16_LAYERS, input_shape=(3, 224, 224),
+    return predify(_torchvision(torchvision.models.vgg16, weights), layers=VGG16_LAYERS, input_shape=(3, image_size, image_size),
                    decoders=vgg16_decoders(), **kwargs)
 
 
-def pefficientnet_b0(*, weights=None, **kwargs):
+def pefficientnet_b0(*, weights=None, image_size: int = 224, **kwargs):
     """PEfficientNetB0: torchvision ``efficientnet_b0``, 8 PCoders (stem + seven stages), automatic decoders."""
-    return predify(torchvision.models.efficientnet_b0(weights=weights), layers=EFFICIENTNET_B0_LAYERS,
-                   input_shape=(3, 224, 224), **kwargs)
+    return predify(_torchvision(torchvision.models.efficientnet_b0, weights), layers=EFFICIENTNET_B0_LAYERS,
+                   input_shape=(3, image_size, image_size), **kwargs)
 
 
-def presnet18(*, weights=None, **kwargs):
+def presnet18(*, weights=None, image_size: int = 224, **kwargs):
     """PResNet18: torchvision ``resnet18``, a PCoder after each residual stage, automatic decoders."""
-    return predify(torchvision.models.resnet18(weights=weights), layers=RESNET18_LAYERS,
-                   input_shape=(3, 224, 224), **kwargs)
+    return predify(_torchvision(torchvision.models.resnet18, weights), layers=RESNET18_LAYERS,
+                   input_shape=(3, image_size, image_size), **kwargs)
 
 
 def shallow_cifar_net(*, num_classes: int = 10) -> nn.Sequential:

@@ -9,6 +9,7 @@ Command line (writes the committed reference weights with provenance):
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -29,11 +30,17 @@ __all__ = [
     "confusion_matrix",
     "train_feedback",
     "feedback_loss_on",
+    "feedback_baseline_loss",
+    "state_fingerprint",
+    "seeded_prednet",
+    "reference_data",
+    "reference_backbone_run",
+    "reference_feedback_run",
 ]
 
 # Full parameters of the committed reference runs (the chapters' parameters cells use the same).
-BACKBONE_DEFAULTS = dict(epochs=8, batch_size=128, lr=3e-3, val_size=5000)
-FEEDBACK_DEFAULTS = dict(epochs=3, batch_size=128, lr=1e-3)
+BACKBONE_DEFAULTS = dict(epochs=4, batch_size=128, lr=3e-3, val_size=5000)
+FEEDBACK_DEFAULTS = dict(epochs=2, batch_size=64, lr=1e-2)
 
 
 def as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +78,18 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _checkpoint(path, *, config: dict, epoch: int, history: dict, **modules) -> None:
+    """Atomically save the state after `epoch` epochs (modules: name -> object with state_dict)."""
+    if path is not None:
+        _save_atomic({"config": config, "epoch": epoch, "history": history, "rng": torch.get_rng_state(),
+                      **{key: module.state_dict() for key, module in modules.items()}}, Path(path))
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def _resume(checkpoint, config: dict, modules: dict) -> tuple[int, dict | None]:
     """Load `checkpoint` into `modules` (name -> object with load_state_dict) if it exists."""
     if checkpoint is None or not Path(checkpoint).exists():
@@ -86,51 +105,54 @@ def _resume(checkpoint, config: dict, modules: dict) -> tuple[int, dict | None]:
 
 
 def _classifier_epoch(model, x, y, optimizer, *, epoch, seed, batch_size, lr, total, bar):
-    """One epoch of cross-entropy training; returns (mean loss, accuracy) on the training batches."""
+    """One epoch of cross-entropy training; returns (per-batch losses, accuracy) on the training batches."""
     model.train()
-    loss_sum, correct, batches = 0.0, 0, _batches(len(x), batch_size, seed=seed, epoch=epoch)
+    losses, correct, batches = [], 0, _batches(len(x), batch_size, seed=seed, epoch=epoch)
     for i, index in enumerate(batches):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(epoch * len(batches) + i, total, lr)
-        images = x[index].contiguous(memory_format=torch.channels_last)  # (B,C,H,W)
+        _set_lr(optimizer, lr_at(epoch * len(batches) + i, total, lr))  # eq-lr-schedule
+        device = next(model.parameters()).device
+        images = x[index].to(device).contiguous(memory_format=torch.channels_last)  # (B,C,H,W)
+        labels = y[index].to(device)  # (B,)
         logits = model(images)  # (B,K)
-        loss = F.cross_entropy(logits, y[index])
+        loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(index)
-        correct += (logits.argmax(1) == y[index]).sum().item()
+        losses.append(loss.item())
+        correct += (logits.argmax(1) == labels).sum().item()
         bar.update(len(index))
-    return loss_sum / len(x), correct / len(x)
+    return losses, correct / len(x)
 
 
 def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
                      seed: int, checkpoint=None, val_set=None, weight_decay: float = 5e-4,
-                     progress: bool = True) -> dict:
+                     device=None, progress: bool = True) -> dict:
     """Train `model` with cross-entropy (AdamW, warm-up + cosine learning rate); returns the history.
 
-    history: lists per epoch of `train_loss`, `train_acc`, `val_acc` (if `val_set`), `seconds`.
+    `device`: where to train (default: the GPU if there is one, else the CPU); the model stays there.
+    history: lists per epoch of `train_loss` (mean over batches), `train_acc`, `val_acc` (if `val_set`),
+    `seconds`; and `step_loss`, the loss of every batch.
     """
     torch.manual_seed(seed)
     x, y = as_tensors(train_set)
-    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device, memory_format=torch.channels_last)  # channels_last: faster convolutions
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), weight_decay=weight_decay)
     start, history = _resume(checkpoint, config, {"model": model, "optimizer": optimizer})
-    history = history or {"train_loss": [], "train_acc": [], "val_acc": [], "seconds": []}
+    history = history or {"train_loss": [], "train_acc": [], "val_acc": [], "seconds": [], "step_loss": []}
     total = epochs * math.ceil(len(x) / batch_size)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         with tqdm(total=len(x), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress) as bar:
-            loss, acc = _classifier_epoch(model, x, y, optimizer, epoch=epoch, seed=seed,
-                                          batch_size=batch_size, lr=lr, total=total, bar=bar)
+            losses, acc = _classifier_epoch(model, x, y, optimizer, epoch=epoch, seed=seed,
+                                            batch_size=batch_size, lr=lr, total=total, bar=bar)
+            loss = sum(losses) / len(losses)
             history["val_acc"].append(evaluate(model, val_set)[0] if val_set is not None else None)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=history["val_acc"][-1])
-        history["train_loss"].append(loss), history["train_acc"].append(acc)
+        history["train_loss"].append(loss), history["train_acc"].append(acc), history["step_loss"].extend(losses)
         history["seconds"].append(time.perf_counter() - t0)
-        if checkpoint is not None:
-            _save_atomic({"config": config, "epoch": epoch + 1, "history": history, "rng": torch.get_rng_state(),
-                          "model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(checkpoint))
+        _checkpoint(checkpoint, config=config, epoch=epoch + 1, history=history, model=model, optimizer=optimizer)
     model.to(memory_format=torch.contiguous_format)
     return history
 
@@ -141,7 +163,8 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 1000) -> tuple[floa
     was_training = model.training
     model.eval()
     x, y = as_tensors(dataset)
-    predictions = torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])  # (N,)
+    device = next(model.parameters()).device
+    predictions = torch.cat([model(xb.to(device)).argmax(1).cpu() for xb in x.split(batch_size)])  # (N,)
     model.train(was_training)
     return (predictions == y).float().mean().item(), predictions
 
@@ -162,14 +185,45 @@ def feedback_loss_on(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
     return torch.stack(per_layer).sum(0) / len(x)
 
 
+@torch.no_grad()
+def feedback_baseline_loss(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
+    """Per-layer loss (eq-feedback-loss) of the best constant prediction, the dataset mean of every target
+    value: the targets' variance, averaged over their values. Tensor(N)."""
+    x, _ = as_tensors(dataset)
+    sums = squares = None
+    for xb in x.split(batch_size):
+        states = net.run(xb, timesteps=0, record=("states",)).states  # N tensors (1,B,...)
+        targets = [xb.double()] + [s[0].double() for s in states[:-1]]  # e_{n-1}(0), each (B,...)
+        batch_sums, batch_squares = [t.sum(0) for t in targets], [(t**2).sum(0) for t in targets]
+        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
+        squares = batch_squares if squares is None else [a + b for a, b in zip(squares, batch_squares)]
+    return torch.stack([(q / len(x) - (s / len(x)) ** 2).mean() for s, q in zip(sums, squares)]).float()
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """sha256 over every tensor of `module.state_dict()` (names, dtypes, shapes, values, BN buffers too)."""
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def seeded_prednet(backbone: nn.Module, *, name: str = "fmnist_vgg", seed: int = 0, **predify_kwargs):
+    """`backbone` predified at FMNIST_VGG_LAYERS with (untrained) decoders initialised from `seed`."""
+    import pcnet
+    from pcnet.models import BACKBONES, FMNIST_VGG_LAYERS
+
+    torch.manual_seed(seed)
+    return pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1], **predify_kwargs)
+
+
 def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, seed: int,
                    checkpoint=None, val_set=None, progress: bool = True) -> dict:
-    """Train only the decoders of PredNet `net` on the reconstruction loss (eq-feedback-loss).
-
-    The backbone stays frozen in eval mode, so its weights and BatchNorm running statistics do
-    not change. history: `step_loss` (per batch, per layer), `epoch_loss` and `val_loss`
-    (per epoch, per layer), `seconds`.
-    """
+    """Train only the decoders of PredNet `net` on eq-feedback-loss (Adam, schedule of `lr_at`); the
+    backbone stays frozen in eval mode, BatchNorm running statistics included. history: `step_loss`
+    (per batch and layer), `epoch_loss`, `val_loss` (per epoch and layer), `seconds`."""
     import pcnet
 
     torch.manual_seed(seed)
@@ -178,21 +232,19 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
     config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x))
     start, history = _resume(checkpoint, config, {"decoders": net.decoders, "optimizer": optimizer})
     history = history or {"step_loss": [], "epoch_loss": [], "val_loss": [], "seconds": []}
-    net.train()
-    net.backbone.eval()  # frozen: BatchNorm uses (and keeps) its running statistics
+    net.train()  # PredNet.train: decoders train, the backbone stays in eval mode
+    total = epochs * math.ceil(len(x) / batch_size)
     for epoch in range(start, epochs):
-        t0, losses = time.perf_counter(), []
-        for index in tqdm(_batches(len(x), batch_size, seed=seed, epoch=epoch),
-                          desc=f"feedback epoch {epoch + 1}/{epochs}", disable=not progress):
+        t0, losses, batches = time.perf_counter(), [], _batches(len(x), batch_size, seed=seed, epoch=epoch)
+        for i, index in enumerate(tqdm(batches, desc=f"feedback epoch {epoch + 1}/{epochs}", disable=not progress)):
+            _set_lr(optimizer, lr_at(epoch * len(batches) + i, total, lr))  # eq-lr-schedule
             losses.append(pcnet.feedback_step(net, x[index], optimizer))  # (N,)
         history["step_loss"] += torch.stack(losses).tolist()
         history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
         history["val_loss"].append(feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
         history["seconds"].append(time.perf_counter() - t0)
-        if checkpoint is not None:
-            _save_atomic({"config": config, "epoch": epoch + 1, "history": history, "rng": torch.get_rng_state(),
-                          "decoders": net.decoders.state_dict(), "optimizer": optimizer.state_dict()},
-                         Path(checkpoint))
+        _checkpoint(checkpoint, config=config, epoch=epoch + 1, history=history, decoders=net.decoders,
+                    optimizer=optimizer)
     net.eval()
     return history
 
@@ -200,7 +252,8 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
 # ---------------------------------------------------------------------------------------------
 # Reference runs: the exact code behind the committed weights (also called by chapters 2 and 3)
 
-def _data(name: str, split: str):
+def reference_data(name: str = "fmnist_vgg", *, split: str = "train"):
+    """The dataset a reference backbone is trained on: Fashion-MNIST or CIFAR-10 (`split`)."""
     from pcnet import data
 
     return data.fashion_mnist(split=split) if name == "fmnist_vgg" else data.cifar10(split=split)
@@ -217,7 +270,7 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
     from pcnet.data import split_train_val
     from pcnet.models import build_backbone
 
-    train, val = split_train_val(_data(name, "train"), val_size=val_size, seed=0)
+    train, val = split_train_val(reference_data(name, split="train"), val_size=val_size, seed=0)
     if limit is not None:
         train = torch.utils.data.Subset(train, range(min(limit, len(train))))
     torch.manual_seed(seed)
@@ -226,7 +279,7 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
     history = train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                checkpoint=checkpoint, val_set=val, progress=progress)
     history["train_seconds"] = time.perf_counter() - t0
-    history["test_acc"] = evaluate(model, _data(name, "test"))[0]
+    history["test_acc"] = evaluate(model, reference_data(name, split="test"))[0]
     return model.eval(), history
 
 
@@ -237,15 +290,12 @@ def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0,
 
     Returns (net, history) with history from `train_feedback` plus `train_seconds`.
     """
-    import pcnet
     from pcnet.data import split_train_val
-    from pcnet.models import BACKBONES, FMNIST_VGG_LAYERS
 
-    train, val = split_train_val(_data(name, "train"), val_size=val_size, seed=0)
+    train, val = split_train_val(reference_data(name, split="train"), val_size=val_size, seed=0)
     if limit is not None:
         train, val = (torch.utils.data.Subset(s, range(min(limit, len(s)))) for s in (train, val))
-    torch.manual_seed(seed)
-    net = pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1])
+    net = seeded_prednet(backbone, name=name, seed=seed)
     t0 = time.perf_counter()
     history = train_feedback(net, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              checkpoint=checkpoint, val_set=val, progress=progress)
@@ -273,20 +323,26 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     for key, value in {**FEEDBACK_DEFAULTS, **BACKBONE_DEFAULTS}.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
+    parser.add_argument("--limit", type=int, default=None, help="use only this many training images (tests)")
     args = parser.parse_args(argv)
     defaults = BACKBONE_DEFAULTS if args.what == "backbone" else FEEDBACK_DEFAULTS
     options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    options.update({"limit": args.limit} if args.limit is not None else {})
     command = "python -m pcnet.train " + " ".join(sys.argv[1:] if argv is None else argv)
     checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
-    load_before = _machine_load()
+    load_before, fingerprints = _machine_load(), {}
     if args.what == "backbone":
         model, history = reference_backbone_run(name=args.name, seed=args.seed, checkpoint=checkpoint, **options)
         out, state = reference_weights_path(args.name), model.state_dict()
     else:
-        net, history = reference_feedback_run(load_reference_backbone(name=args.name), name=args.name,
-                                              seed=args.seed, checkpoint=checkpoint, **options)
+        backbone = load_reference_backbone(name=args.name)
+        fingerprints["backbone_before"] = state_fingerprint(backbone)
+        net, history = reference_feedback_run(backbone, name=args.name, seed=args.seed, checkpoint=checkpoint,
+                                              **options)
+        fingerprints["backbone_after"] = state_fingerprint(net.backbone)
         out, state = feedback_weights_path(args.name, seed=args.seed), net.decoders.state_dict()
     extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
+             **fingerprints,
              **{k: history[k] for k in ("train_seconds", "test_acc") if k in history}}
     sha = save_weights(out, state, command=command, seed=args.seed, extra=extra)
     save_json_result(DATA_DIR / "results" / f"{out.stem}_history.json", history, command=command,

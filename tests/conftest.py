@@ -1,9 +1,16 @@
-"""Shared pytest setup: run from the repository root, CPU only, no network assumptions."""
-import os
+"""Shared pytest setup: the repository on sys.path, and the options of the chapter runs."""
 import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MPLBACKEND", "Agg")
+for p in (ROOT, ROOT / "scripts"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("pcnet")
+    group.addoption("--run-chapters", action="store_true",
+                    help="execute every chapter of _toc.yml once in smoke mode (PCNET_SMOKE=1)")
+    group.addoption("--chapters-out", default=str(ROOT / "_build" / "src"),
+                    help="site source tree that receives the executed chapters")

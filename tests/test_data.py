@@ -81,15 +81,27 @@ def test_split_train_val_deterministic():
         data.split_train_val(ds, val_size=100, seed=0)
 
 
-def test_cifar10_offline_error(tmp_path, monkeypatch):
+def test_cifar10_missing_offline_gives_clear_error(tmp_path):
+    # download=False on an empty folder is what an offline machine ends with: torchvision's own
+    # "not found" error must come back as a message that names the fixes.
+    with pytest.raises(RuntimeError, match="CIFAR-10 is not in .*Fix:.*internet.*cifar-10-python.tar.gz"):
+        data.cifar10(root=tmp_path, download=False)
+
+
+def test_cifar10_failed_download_gives_clear_error(tmp_path, monkeypatch):
     import torchvision
 
     def offline(*args, **kwargs):
-        raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        raise OSError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(RuntimeError, match="CIFAR-10 is not in .*Fix:.*cifar-10-python.tar.gz"):
-        data.cifar10(root=tmp_path, download=False)
+    with pytest.raises(RuntimeError, match="could not be downloaded.*Name or service"):
+        data.cifar10(root=tmp_path, download=True)
+
+
+def test_imagenette_missing_offline_gives_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="Imagenette is not in .*Fix:"):
+        data.imagenette(root=tmp_path, download=False)
 
 
 def test_imagenet_folder_missing(tmp_path):

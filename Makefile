@@ -1,0 +1,115 @@
+# pcnet: the two commands of the README. Each does its own setup on a fresh machine
+# (Linux or macOS, Python >= 3.10, Node.js/npm for the local MathJax copy).
+#
+#   make book   install, run every chapter (committed parameters), build the site into _build/html
+#   make test   install, unit tests + every chapter in smoke mode (PCNET_SMOKE=1), nbstripout check,
+#               site built with warnings as errors, headless-browser check of the site
+#
+# Setup steps leave stamp files in .venv/.stamps, so repeating a command skips them.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMPS := $(VENV)/.stamps
+SRC := _build/src
+NPM_DIR := .cache/npm
+MATHJAX_DIR := book/_static/mathjax
+MATHJAX := $(MATHJAX_DIR)/tex-svg.js
+NOTEBOOKS := $(wildcard book/*.ipynb)
+JB := $(VENV)/bin/jupyter-book
+
+.PHONY: help setup book test unit-and-chapters nbstripout-check site site-strict browser-check \
+        chapters readme-figure clean distclean
+
+help:
+	@echo "make book   - set up, execute every chapter, build the site into _build/html"
+	@echo "make test   - set up, unit tests, chapters in smoke mode, strict site build, browser check"
+	@echo "make clean  - remove _build (keeps .venv);  make distclean - also .venv, .cache, MathJax copy"
+
+# ---------------------------------------------------------------- setup
+setup: $(STAMPS)/install $(STAMPS)/data $(MATHJAX)
+
+$(STAMPS)/install: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 10), "pcnet needs Python >= 3.10"'
+	$(PY) -m pip install --quiet --progress-bar off -e ".[book]"
+	@# torchattacks pins an old requests: install it without its dependencies (they are in [book]).
+	$(PY) -m pip install --quiet --progress-bar off --no-deps "torchattacks>=3.5"
+	@mkdir -p $(STAMPS) && touch $@
+
+# Fashion-MNIST, the offline default data: data/, the Debian package, or torchvision's download.
+$(STAMPS)/data: $(STAMPS)/install
+	@if $(PY) -c 'import pcnet.data as d; [d.fashion_mnist_source(split=s) for s in ("train", "test")]' \
+	      >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "Installing Debian package dataset-fashion-mnist"; \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist \
+	    || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; } \
+	    || echo "apt-get could not install dataset-fashion-mnist; trying torchvision's download"; \
+	fi
+	@$(PY) -c 'import pcnet.data as d; print("Fashion-MNIST:", d.fashion_mnist_source(split="train")); d.fashion_mnist_source(split="test")'
+	@mkdir -p $(STAMPS) && touch $@
+
+# MathJax 3 served by the site itself (the pages work without internet).
+$(MATHJAX):
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js (Debian: apt-get install -y nodejs npm; macOS: brew install node), then rerun make" >&2; exit 1; }
+	npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix $(NPM_DIR) mathjax@3
+	@mkdir -p $(MATHJAX_DIR)/input/tex
+	cp -r $(NPM_DIR)/node_modules/mathjax/es5/input/tex/extensions $(MATHJAX_DIR)/input/tex/
+	cp $(NPM_DIR)/node_modules/mathjax/es5/tex-svg.js $(MATHJAX)
+
+# ---------------------------------------------------------------- book
+book: setup
+	$(PY) scripts/run_chapters.py --out $(SRC)
+	$(MAKE) --no-print-directory site
+	@echo
+	@echo "The book is built. Open file://$(CURDIR)/_build/html/index.html"
+	@echo "or serve it: $(PY) -m http.server --directory _build/html 8000  (then http://localhost:8000)"
+
+chapters: setup
+	$(PY) scripts/run_chapters.py --out $(SRC)
+
+site:
+	rm -rf _build/html _build/.doctrees
+	$(JB) build $(SRC) --path-output . --builder html
+
+site-strict:
+	rm -rf _build/html _build/.doctrees
+	$(JB) build $(SRC) --path-output . --builder html -W --keep-going
+
+# Copy the figure of the cell tagged `readme-figure` (from the last chapter run) next to the README.
+readme-figure:
+	@test -f $(SRC)/readme_figure.png || { echo "run make book first (no $(SRC)/readme_figure.png)" >&2; exit 1; }
+	mkdir -p book/images && cp $(SRC)/readme_figure.png book/images/readme_figure.png
+	@echo "book/images/readme_figure.png updated from $(SRC); commit it with the revision that made it"
+
+# ---------------------------------------------------------------- test
+test: setup
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory unit-and-chapters nbstripout-check site-strict browser-check; \
+	echo "make test: all checks passed in $$(( $$(date +%s) - start )) s (after setup)"; \
+	echo "The smoke-mode site is in _build/html: open file://$(CURDIR)/_build/html/index.html"
+
+# Unit tests and every chapter once in smoke mode (reported as pytest tests; executed copies in _build/src).
+unit-and-chapters:
+	$(PY) -m pytest tests --run-chapters --chapters-out $(SRC) --durations=10
+
+nbstripout-check:
+ifneq ($(NOTEBOOKS),)
+	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
+	@echo "nbstripout: committed notebooks carry no outputs"
+endif
+
+browser-check:
+	$(PY) scripts/browser_check.py --site _build/html --screenshot-dir _build
+
+clean:
+	rm -rf _build
+
+distclean: clean
+	rm -rf $(VENV) .cache $(MATHJAX_DIR)

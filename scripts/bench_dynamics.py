@@ -1,0 +1,109 @@
+"""Benchmark: cost of one timestep of the dynamics relative to one feedforward pass (fast mode, CPU).
+
+    python scripts/bench_dynamics.py [--threads 2] [--repeats 5] [--which shallow vgg16]
+
+(a) the shallow CIFAR network of the Predify follow-up (batch 128, 32x32, T=10);
+(b) PVGG16 with the paper's decoders (batch 2, 224x224, T=3).
+Per-timestep cost = (time of T steps - time of the t=0 pass) / T, divided by the backbone's own forward
+time; "first call" = extra time of the first call after construction beyond a warm call of the same size.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from pcnet import presets
+
+
+CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (robust when other jobs share the cores)
+
+
+def timed(fn, *, repeats: int) -> float:
+    """Median time of ``fn()`` over ``repeats`` runs (seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = CLOCK()
+        fn()
+        times.append(CLOCK() - start)
+    return statistics.median(times)
+
+
+def conv_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of the (transposed) convolutions and linear layers in one call of ``module``."""
+    total = 0
+
+    def count(m, inputs, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            total += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.ConvTranspose2d):
+            total += inputs[0].numel() * m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.Linear):
+            total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(count) for m in module.modules()]
+    try:
+        module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+@torch.no_grad()
+def bench(name, build, *, batch, timesteps, repeats):
+    torch.manual_seed(0)
+    start = CLOCK()
+    net = build()
+    construct = CLOCK() - start
+    x = torch.rand(batch, *net.input_shape)  # (B, C, H, W)
+    start = CLOCK()
+    net(x, timesteps=1)
+    first = CLOCK() - start
+    warm_one = timed(lambda: net(x, timesteps=1), repeats=repeats)
+    backbone = timed(lambda: net.backbone(x), repeats=repeats)
+    t0 = timed(lambda: net(x, timesteps=0), repeats=repeats)
+    full = timed(lambda: net(x, timesteps=timesteps), repeats=repeats)
+    per_step = (full - t0) / timesteps
+    states, _ = net._feedforward(x)
+    backbone_macs = conv_macs(net.backbone, x)
+    decoder_macs = sum(conv_macs(d, s) for d, s in zip(net.decoders, states))
+    print(f"[{name}] batch {batch}, input {net.input_shape}, T={timesteps}, repeats {repeats}")
+    print(f"  construction (probe, decoders, exact projective fields): {construct:.3f} s")
+    print(f"  backbone forward: {backbone * 1e3:.1f} ms; t=0 pass through pcnet: {t0 * 1e3:.1f} ms")
+    print(f"  T={timesteps} run: {full * 1e3:.1f} ms; per timestep: {per_step * 1e3:.1f} ms "
+          f"= {per_step / backbone:.2f}x one feedforward pass")
+    print(f"  MACs: backbone {backbone_macs / 1e9:.2f} G, decoders {decoder_macs / 1e9:.2f} G (as built); a timestep "
+          f"needs the backbone, every decoder and its adjoint: >= {1 + 2 * decoder_macs / backbone_macs:.2f}x the "
+          f"backbone's MACs (before the folding of upsample+3x3 decoders)")
+    print(f"  first call beyond a warm call: {max(first - warm_one, 0.0):.3f} s (first {first:.3f} s, warm {warm_one:.3f} s)")
+    return per_step / backbone
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or process CPU time summed over threads (robust under contention)")
+    parser.add_argument("--which", nargs="+", default=["shallow", "vgg16"], choices=["shallow", "vgg16"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"clock: {args.clock}; torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"{platform.python_version()}")
+    if "shallow" in args.which:
+        bench("shallow CIFAR net", lambda: presets.pshallow_cifar(beta=0.8, lam=0.1, alpha=0.01),
+              batch=128, timesteps=10, repeats=args.repeats)
+    if "vgg16" in args.which:
+        bench("PVGG16", lambda: presets.pvgg16(beta=0.8, lam=0.1, alpha=0.01),
+              batch=2, timesteps=3, repeats=max(1, args.repeats // 2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Open the built site in headless Chromium, as a reader would, and check what they see.
+
+    python scripts/browser_check.py --site _build/html [--chapter book/01_predictive_coding.html]
+
+Serves the site on a free localhost port (python http.server), opens the start page and one chapter
+in headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no browser download) and
+asserts: the chapter title, at least one equation rendered by MathJax (an SVG inside an
+``mjx-container``, no raw TeX left), at least one figure image loaded (naturalWidth > 0), no
+console errors and no failed requests. Every chapter's Colab link must point at a notebook that
+exists in the repository. Screenshots are saved to ``<screenshot-dir>/browser_*.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import pathlib
+import re
+import shutil
+import sys
+import threading
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome",
+                       "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+COLAB = re.compile(r"https://colab\.research\.google\.com/github/([^/]+)/([^/]+)/blob/([^/]+)/([^\"'<> ]+\.ipynb)")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test log short
+        pass
+
+
+@contextlib.contextmanager
+def serve(site: pathlib.Path):
+    """Serve ``site`` on 127.0.0.1 at a free port; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def find_chromium(explicit: str | None = None) -> str:
+    for candidate in ([explicit] if explicit else []) + list(CHROMIUM_CANDIDATES):
+        if candidate and pathlib.Path(candidate).exists():
+            return candidate
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    raise SystemExit("headless Chromium not found. Fix: apt-get install -y chromium "
+                     "(Debian/Ubuntu) or pass --chromium PATH")
+
+
+def check_colab_links(site: pathlib.Path) -> list[str]:
+    """Every Colab URL in the site must name a notebook that exists in this repository."""
+    problems, seen = [], 0
+    for page in sorted(site.rglob("*.html")):
+        for owner, repo, branch, path in set(COLAB.findall(page.read_text(errors="replace"))):
+            seen += 1
+            if not (ROOT / path).is_file():
+                problems.append(f"{page.relative_to(site)}: Colab link to {path}, which is not in the repository")
+    if seen == 0:
+        problems.append("no Colab launch link found in the site")
+    return problems
+
+
+def check_page(page, url: str, *, expect_title: str | None, need_math: bool, need_figure: bool,
+               screenshot: pathlib.Path) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text} ({m.location.get('url', '')})")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url} ({r.failure})")
+            if r.url.startswith("http://127.0.0.1") else None)
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    response = page.goto(url, wait_until="load")
+    problems = [] if response and response.ok else [f"{url}: HTTP {response.status if response else '?'}"]
+    if need_math:
+        try:
+            page.wait_for_function("document.querySelectorAll('mjx-container svg').length > 0", timeout=30000)
+        except Exception:  # noqa: BLE001 - reported below with what the page shows
+            pass
+        rendered = page.evaluate("document.querySelectorAll('mjx-container svg').length")
+        raw_tex = page.evaluate("Array.from(document.querySelectorAll('div.math')).filter("
+                                "d => !d.querySelector('mjx-container')).length")
+        if rendered == 0:
+            problems.append(f"{url}: no equation rendered by MathJax (no mjx-container svg)")
+        if raw_tex:
+            problems.append(f"{url}: {raw_tex} display equation(s) left as raw TeX")
+    page.wait_for_load_state("networkidle")
+    if need_figure:
+        loaded = page.evaluate("Array.from(document.querySelectorAll('main img, article img'))"
+                               ".filter(i => i.complete && i.naturalWidth > 0 && !i.src.includes('logo')).length")
+        if loaded == 0:
+            problems.append(f"{url}: no figure image loaded (img with naturalWidth > 0)")
+    title = page.evaluate("(document.querySelector('main h1, article h1') || {}).textContent || ''")
+    title = title.replace("#", "").strip()
+    if expect_title is not None and expect_title not in title:
+        problems.append(f"{url}: title {title!r} does not contain {expect_title!r}")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=False)
+    problems += [f"{url}: {e}" for e in errors]
+    print(f"[browser_check] {url}: title {title!r}, screenshot {screenshot}")
+    return problems
+
+
+def chapter_title(site: pathlib.Path, chapter: str) -> str:
+    """The chapter's h1 as written in the built HTML (what the browser must show)."""
+    html = (site / chapter).read_text(errors="replace")
+    match = re.search(r"<h1[^>]*>(.*?)</h1>", html, re.S)
+    if not match:
+        raise SystemExit(f"{site / chapter} has no <h1> title")
+    text = re.sub(r"<[^>]+>", "", match.group(1))
+    return re.sub(r"\s+", " ", text.replace("#", "")).strip()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--site", default=str(ROOT / "_build" / "html"))
+    parser.add_argument("--chapter", default="book/01_predictive_coding.html",
+                        help="chapter page to check, relative to the site")
+    parser.add_argument("--screenshot-dir", default=str(ROOT / "_build"))
+    parser.add_argument("--chromium", default=None, help="path to a Chromium/Chrome binary")
+    args = parser.parse_args(argv)
+    site = pathlib.Path(args.site).resolve()
+    if not (site / "index.html").exists():
+        raise SystemExit(f"{site}/index.html not found: build the site first (make book / make test)")
+    if not (site / args.chapter).exists():
+        raise SystemExit(f"{site / args.chapter} not found: is the chapter in _toc.yml?")
+    from playwright.sync_api import sync_playwright
+    shots = pathlib.Path(args.screenshot_dir).resolve()
+    expected = chapter_title(site, args.chapter)
+    problems = check_colab_links(site)
+    with serve(site) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=find_chromium(args.chromium), args=CHROMIUM_ARGS,
+                                     headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            problems += check_page(context.new_page(), f"{base}/index.html", expect_title=None,
+                                   need_math=False, need_figure=False,
+                                   screenshot=shots / "browser_start.png")
+            problems += check_page(context.new_page(), f"{base}/{args.chapter}", expect_title=expected,
+                                   need_math=True, need_figure=True,
+                                   screenshot=shots / "browser_chapter.png")
+        finally:
+            browser.close()
+    if problems:
+        print("[browser_check] FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print(f"[browser_check] ok: start page and {args.chapter} ({expected!r}) render with MathJax "
+          f"equations, loaded figures, working Colab links and no console errors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
