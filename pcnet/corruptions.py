@@ -368,24 +368,35 @@ def load_cifar10_c(root: str | os.PathLike, *, names=COMMON, severities=SEVERITI
     return {"images": out, "labels": labels, "severities": tuple(severities), "seconds": 0.0, "folder": str(root)}
 
 
-def download_cifar10_c(root: str | os.PathLike) -> Path:
-    """Download and extract CIFAR-10-C (2.9 GB) into ``root``; needs internet (e.g. Colab)."""
+def _download(url: str, root: Path) -> None:
+    """Download ``url`` into ``root`` and extract the tar there (atomic: a failed download leaves nothing)."""
     import tarfile
     import urllib.request
-    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    tar = root / "CIFAR-10-C.tar"
+    tar = root / url.rsplit("/", 1)[-1]
     try:
         if not tar.exists():
-            urllib.request.urlretrieve(CIFAR10_C_URL, tar.with_suffix(".part"))
+            urllib.request.urlretrieve(url, tar.with_suffix(".part"))
             os.replace(tar.with_suffix(".part"), tar)
     except OSError as err:
         tar.with_suffix(".part").unlink(missing_ok=True)  # nothing half-written is left behind
-        raise RuntimeError(f"could not download {CIFAR10_C_URL} ({err}); this machine is offline? Copy the "
-                           f"extracted CIFAR-10-C folder to {root} instead.") from err
+        raise RuntimeError(f"could not download {url} ({err}); this machine is offline? Copy the extracted "
+                           f"folder to {root} instead.") from err
     with tarfile.open(tar) as t:
         t.extractall(root, filter="data")
-    return root / "CIFAR-10-C"
+
+
+def download_cifar10_c(root: str | os.PathLike) -> Path:
+    """Download and extract CIFAR-10-C (2.9 GB) into ``root``; needs internet (e.g. Colab)."""
+    _download(CIFAR10_C_URL, Path(root))
+    return Path(root) / "CIFAR-10-C"
+
+
+def download_imagenet_c(root: str | os.PathLike, *, families=tuple(IMAGENET_C_URLS)) -> Path:
+    """Download and extract the ImageNet-C family archives (``noise``, ``blur``, ...; tens of GB) into ``root``."""
+    for family in families:
+        _download(IMAGENET_C_URLS[family], Path(root))
+    return Path(root)
 
 
 def load_imagenet_c(root: str | os.PathLike, *, name: str, severity: int, transform=None):
@@ -394,6 +405,7 @@ def load_imagenet_c(root: str | os.PathLike, *, name: str, severity: int, transf
     _check(name, severity)
     folder = Path(root) / name / str(severity)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no ImageNet-C images at {folder}. On a connected machine download and untar "
-                                f"the family archives {sorted(IMAGENET_C_URLS.values())} into {root}.")
+        raise FileNotFoundError(f"no ImageNet-C images at {folder}. On a connected machine run "
+                                f"pcnet.corruptions.download_imagenet_c({str(root)!r}) (archives: "
+                                f"{sorted(IMAGENET_C_URLS.values())}).")
     return ImageFolder(str(folder), transform=transform)

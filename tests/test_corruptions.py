@@ -160,4 +160,6 @@ def test_download_offline_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlretrieve", offline)
     with pytest.raises(RuntimeError, match="offline"):
         C.download_cifar10_c(tmp_path)
+    with pytest.raises(RuntimeError, match="offline"):
+        C.download_imagenet_c(tmp_path, families=("noise",))
     assert not list(tmp_path.glob("*.part")) and not (tmp_path / "CIFAR-10-C.tar").exists()
