@@ -13,3 +13,15 @@ from .feedback import feedback_loss, feedback_step
 __all__ = ["predify", "PredNet", "Trace", "feedback_loss", "feedback_step", "rescaled_forward", "show_source",
            "decoders", "dynamics", "hparams", "presets"]
 __version__ = "0.1.0"
+
+# Helper modules load on first use (``pcnet.data``, ``pcnet.plotting``, ...): ``import pcnet`` stays light and
+# needs none of the book's extras.
+_LAZY = ("attacks", "corruptions", "data", "evaluate", "metrics", "models", "plotting", "train", "tta", "tuning",
+         "weights")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -243,6 +243,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     prepare_source(out)
+    (out / "readme_figure.png").unlink(missing_ok=True)  # never leave a stale figure behind
     timings = {}
     mode = "smoke" if args.smoke else "full"
     for nb in chapters:

@@ -35,7 +35,13 @@ def test_chapter_runs_in_smoke_mode(chapter, chapters_out):
     notebook = ROOT / (chapter + ".ipynb")
     assert notebook.exists(), f"_toc.yml lists {chapter} but {notebook} does not exist"
     start = time.perf_counter()
-    seconds = run_chapters.run_chapter(notebook, out=chapters_out, smoke=True)
+    failure = None
+    try:
+        seconds = run_chapters.run_chapter(notebook, out=chapters_out, smoke=True)
+    except run_chapters.ChapterFailed as err:
+        failure = str(err)
+    if failure:  # outside the except block: show the failing cell, not a chain of runner internals
+        pytest.fail(failure, pytrace=False)
     TIMINGS[chapter] = seconds
     executed = json.loads((chapters_out / (chapter + ".ipynb")).read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]

@@ -1,0 +1,226 @@
+"""Adaptive adversarial evaluation of predictive-coding dynamics (chapter 6).
+
+The attacked function is exactly the evaluated one: ``TimestepLogits(net, timestep=T)`` maps images in [0, 1]
+to the logits of timestep T of ``net(x, timesteps=T)`` (same readout, same preprocessing: none beyond the
+network's own). Its ``gradient`` option chooses what the attacker differentiates:
+
+* ``"full"``: white-box through the whole unrolled dynamics in pcnet's differentiable mode (the error-gradient
+  term is built with ``create_graph=True``, so its dependence on the input is differentiated too);
+* ``"feedforward"``: BPDA, forward = the dynamics, backward = the plain feedforward pass (t = 0);
+* ``"last-k"``: forward = the dynamics, backward through the last ``k`` timesteps only (states at T - k are
+  treated as constants; truncated backpropagation through time);
+* ``"detached-error"``: forward = the dynamics, backward with the error-gradient term treated as a constant,
+  as the original Predify package computes it (``autograd.grad`` without ``create_graph``).
+
+The BPDA variants are a custom forward/backward: ``surrogate + (value - surrogate).detach()`` has the value of
+the dynamics and the gradient of the surrogate. The last two patch ``pcnet.dynamics`` inside a context manager
+(restored on exit) so that the core's own code runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+GRADIENTS = ("full", "feedforward", "last-k", "detached-error")
+ATTACKS = ("apgd-ce", "apgd-dlr", "square", "pgd", "bim-targeted")
+
+
+@contextlib.contextmanager
+def _patched_dynamics(*, n_layers: int, detach_before: int = 0, detach_error: bool = False):
+    """Temporarily wrap pcnet.dynamics.update_state / error_gradient used by the core.
+
+    ``detach_before``: states produced at timesteps t <= detach_before are detached (truncated BPTT).
+    ``detach_error``: the error gradient carries no graph (it is a constant for backpropagation).
+    """
+    from pcnet import dynamics
+    update, error_gradient = dynamics.update_state, dynamics.error_gradient
+    calls = [0]
+
+    def update_state(*args, **kwargs):
+        t = calls[0] // n_layers + 1  # the core calls update_state once per PCoder per timestep
+        calls[0] += 1
+        new = update(*args, **kwargs)
+        return new.detach() if t <= detach_before else new
+
+    def detached_error_gradient(decoder, state, target, *, scale, create_graph):
+        with torch.enable_grad():
+            leaf = state.detach().requires_grad_()
+            total = dynamics.reconstruction_error(target.detach(), decoder(leaf)).sum() * scale
+            (grad,) = torch.autograd.grad(total, leaf)  # no create_graph: a constant for backpropagation
+        return decoder(state), grad  # the prediction keeps its graph (it is the feedback of the layer below)
+
+    dynamics.update_state = update_state
+    if detach_error:
+        dynamics.error_gradient = detached_error_gradient
+    try:
+        yield
+    finally:
+        dynamics.update_state, dynamics.error_gradient = update, error_gradient
+
+
+class TimestepLogits(nn.Module):
+    """``f(x) = net(x, timesteps=timestep, feedback=feedback)[timestep]``: logits (B, K) for x (B, C, H, W) in [0, 1].
+
+    Works on a frozen deep copy of ``net`` (the caller's network is not touched). ``gradient`` picks the
+    backward pass (module docstring); the forward value is always the exact dynamics.
+    """
+
+    def __init__(self, net: nn.Module, *, timestep: int, feedback: str = "prediction", gradient: str = "full",
+                 k: int | None = None):
+        super().__init__()
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        if gradient == "last-k" and (k is None or not 1 <= k <= timestep):
+            raise ValueError(f"gradient='last-k' needs 1 <= k <= timestep={timestep}, got k={k}")
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.timestep, self.feedback, self.gradient, self.k = int(timestep), feedback, gradient, k
+
+    def dynamics(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, timesteps=self.timestep, feedback=self.feedback)[self.timestep]  # (B, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient == "full" or not torch.is_grad_enabled() or self.timestep == 0:
+            return self.dynamics(x)  # (B, K)
+        with torch.no_grad():
+            value = self.dynamics(x)  # (B, K), fast path
+        if self.gradient == "feedforward":
+            surrogate = self.net(x, timesteps=0)[0]  # (B, K), the backbone
+        else:
+            n = len(self.net.layers)
+            before = self.timestep - self.k if self.gradient == "last-k" else 0
+            with _patched_dynamics(n_layers=n, detach_before=before, detach_error=self.gradient == "detached-error"):
+                surrogate = self.dynamics(x)  # (B, K)
+        return surrogate + (value - surrogate).detach()  # value of the dynamics, gradient of the surrogate
+
+
+def assert_deterministic(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise if two evaluations of ``model`` on ``x`` differ in any bit (then EOT would be needed)."""
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    if not torch.equal(a, b):
+        raise AssertionError(f"model is not deterministic (max difference {float((a - b).abs().max()):.3g}); "
+                             "use EOT (average gradients over the randomness) in the attacks")
+
+
+def _project(delta: torch.Tensor, *, eps: float, norm: str) -> torch.Tensor:
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    flat = delta.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
+    return delta * (eps / flat).clamp(max=1.0).view(-1, *[1] * (delta.dim() - 1))
+
+
+def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf", steps: int = 20,
+        step_size: float | None = None, random_start: bool = False, seed: int = 0):
+    """Projected gradient descent on cross-entropy (Madry et al.), recording accuracy after every iteration.
+
+    Returns (x_adv (B, C, H, W), curve (steps + 1,)): curve[i] is the accuracy when each sample keeps the first
+    misclassifying iterate found within i iterations (so the curve never rises); x_adv holds those iterates.
+    """
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+    step_size = step_size if step_size is not None else 2.5 * eps / steps
+    delta = torch.zeros_like(x)
+    if random_start:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        delta = _project((torch.rand(x.shape, generator=g) * 2 - 1).to(x) * eps, eps=eps, norm=norm)
+        delta = (x + delta).clamp(0, 1) - x
+    with torch.no_grad():
+        fooled = model(x + delta).argmax(-1) != y  # (B,)
+    best, curve = (x + delta).clone(), [1 - fooled.float().mean()]
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x + delta), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            if norm == "Linf":
+                step = grad.sign()
+            else:
+                step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            delta = _project(delta + step_size * step, eps=eps, norm=norm)
+            delta = (x + delta).clamp(0, 1) - x
+            new = model(x + delta).argmax(-1) != y  # (B,)
+            take = new & ~fooled
+            best[take] = (x + delta)[take]
+            fooled |= new
+            curve.append(1 - fooled.float().mean())
+    return best.detach(), torch.stack(curve)
+
+
+def make_attack(name: str, model: nn.Module, *, eps: float, norm: str = "Linf", steps: int = 50, seed: int = 0,
+                n_queries: int = 1000):
+    """A torchattacks attack on ``model`` (images in [0, 1]): ``attack(x, y) -> x_adv``.
+
+    ``apgd-ce`` / ``apgd-dlr``: AutoAttack's APGD with cross-entropy / DLR loss; ``square``: gradient-free
+    Square attack with ``n_queries``; ``pgd``: torchattacks PGD / PGDL2 with a random start; ``bim-targeted``:
+    the targeted BIM of the Predify paper (L-inf), target a random wrong class drawn with ``seed``.
+    """
+    import torchattacks as ta
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+    if name == "apgd-ce":
+        return ta.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce")
+    if name == "apgd-dlr":
+        return ta.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, seed=seed, loss="dlr")
+    if name == "square":
+        return ta.Square(model, norm=norm, eps=eps, n_queries=n_queries, n_restarts=1, seed=seed)
+    if name == "pgd":
+        cls = ta.PGD if norm == "Linf" else ta.PGDL2
+        return cls(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    if name == "bim-targeted":
+        if norm != "Linf":
+            raise ValueError("the paper's BIM is an L-inf attack; use norm='Linf'")
+        attack = ta.BIM(model, eps=eps, alpha=max(eps / steps * 2.5, 1 / 255 / 4), steps=steps)
+
+        def targets(x, y):
+            g = torch.Generator().manual_seed(seed)
+            shift = torch.randint(1, _n_classes(model, x), y.shape, generator=g)
+            return (y + shift) % _n_classes(model, x)
+
+        attack.set_mode_targeted_by_function(targets)
+        return attack
+    raise ValueError(f"unknown attack {name!r}; choose one of {ATTACKS}")
+
+
+def _n_classes(model, x):
+    with torch.no_grad():
+        return model(x[:1]).shape[-1]
+
+
+def attack_correct(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 100,
+                   evaluate: nn.Module | None = None):
+    """Per-sample correctness (N,) of ``evaluate`` (default ``model``) on ``attack(x, y)`` built in batches;
+    returns (correct bool (N,), x_adv). ``evaluate`` differs from ``model`` for transfer attacks."""
+    evaluate = model if evaluate is None else evaluate
+    advs, correct = [], []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        adv = attack(xb, yb).detach()
+        with torch.no_grad():
+            correct.append(evaluate(adv).argmax(-1) == yb)
+        advs.append(adv)
+    return torch.cat(correct), torch.cat(advs)
+
+
+def worst_case(correct: dict) -> tuple[torch.Tensor, list]:
+    """Per-sample worst case over attacks: a sample counts as robust only if no attack fooled it.
+
+    ``correct``: {attack name: bool (N,)}; returns (robust bool (N,), names of the attacks that achieved the
+    lowest accuracy on their own)."""
+    names = list(correct)
+    robust = torch.stack([correct[n] for n in names]).all(0)  # (N,)
+    accs = {n: float(correct[n].float().mean()) for n in names}
+    low = min(accs.values())
+    return robust, [n for n in names if accs[n] == low]
+
+
+def check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, *, eps: float, norm: str, tol: float = 1e-5) -> None:
+    """Raise if ``x_adv`` leaves [0, 1] or the eps-ball around ``x`` (a broken attack would over-report)."""
+    if x_adv.min() < -tol or x_adv.max() > 1 + tol:
+        raise AssertionError("adversarial images leave [0, 1]")
+    d = (x_adv - x).flatten(1)
+    size = d.abs().max(1).values if norm == "Linf" else d.norm(dim=1)
+    if (size > eps * (1 + 1e-4) + tol).any():
+        raise AssertionError(f"perturbation of size {float(size.max()):.4g} exceeds eps={eps} ({norm})")

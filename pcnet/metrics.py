@@ -1,0 +1,101 @@
+"""Robustness metrics per timestep: accuracy grids, corruption error CE, mCE and their normalised curves.
+
+Errors are fractions in [0, 1]. Following Hendrycks & Dietterich (2019) without their AlexNet normalisation:
+
+    CE_c(t)  = sum_s err_{c,s}(t)            corruption error of corruption c at timestep t
+    mCE(t)   = mean_c CE_c(t)
+    CE_c(t) / CE_c(0)  and  mCE(t) / mCE(0)  normalised to *our own* feedforward pass (t = 0), as in Predify.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def accuracy_per_timestep(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy of logits ``(T+1, B, K)`` (or ``(B, K)``) against ``labels`` (B,); returns (T+1,) or scalar."""
+    if logits.shape[-2] != labels.shape[0]:
+        raise ValueError(f"logits batch {logits.shape[-2]} != labels {labels.shape[0]}")
+    return (logits.argmax(-1) == labels).float().mean(-1)
+
+
+@torch.no_grad()
+def correct_per_timestep(predict, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500,
+                         dtype=torch.float32) -> torch.Tensor:
+    """Run ``predict(x) -> logits (T+1, B, K)`` (or (B, K)) over ``images`` in batches; returns a bool tensor of
+    per-sample correctness (T+1, N) (or (1, N) for a plain classifier). uint8 images are scaled to [0, 1]."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        x = x.to(dtype) / 255 if x.dtype == torch.uint8 else x
+        logits = predict(x)
+        logits = logits[None] if logits.ndim == 2 else logits  # (T+1, B, K)
+        out.append(logits.argmax(-1) == labels[i:i + batch_size])
+    return torch.cat(out, dim=1)  # (T+1, N)
+
+
+def accuracy_grid(predict, cset: dict, *, batch_size: int = 500, progress: bool = True,
+                  reset=None) -> torch.Tensor:
+    """Accuracy (C, S, T+1) of ``predict`` on a corrupted set from ``pcnet.corruptions.corrupted_set`` (names in
+    insertion order). Without ``reset`` all sets run through ``predict`` in large mixed batches; with
+    ``reset()`` (test-time adaptation restarting from the source model) each corruption x severity is one
+    separate batch, with ``reset()`` called before it."""
+    from tqdm.auto import tqdm
+    names, labels = list(cset["images"]), cset["labels"]
+    stack = torch.stack([cset["images"][n] for n in names])  # (C, S, N, ...)
+    c, s, n = stack.shape[:3]
+    if reset is None:
+        flat = stack.flatten(0, 2)  # (C*S*N, ...)
+        parts = []
+        for i in tqdm(range(0, len(flat), batch_size), desc="accuracy grid", disable=not progress, leave=False):
+            parts.append(correct_per_timestep(predict, flat[i:i + batch_size], labels.repeat(c * s)[i:i + batch_size],
+                                              batch_size=batch_size))
+        correct = torch.cat(parts, dim=1)  # (T+1, C*S*N)
+        return correct.view(-1, c, s, n).float().mean(-1).permute(1, 2, 0)  # (C, S, T+1)
+    rows = []
+    for imgs_c in tqdm(stack, desc="accuracy grid", disable=not progress, leave=False):
+        per_sev = []
+        for imgs in imgs_c:  # (N, ...) one corruption x severity
+            reset()
+            per_sev.append(correct_per_timestep(predict, imgs, labels, batch_size=len(imgs)).float().mean(-1))
+        rows.append(torch.stack(per_sev))
+    return torch.stack(rows)  # (C, S, T+1)
+
+
+def corruption_error(acc: torch.Tensor) -> torch.Tensor:
+    """CE_c(t) = sum_s err_{c,s}(t) from accuracies (C, S, T+1) (or (..., C, S, T+1)); returns (..., C, T+1)."""
+    return (1 - acc).sum(-2)
+
+
+def mce(acc: torch.Tensor) -> torch.Tensor:
+    """mCE(t) = mean_c CE_c(t); from (..., C, S, T+1) returns (..., T+1)."""
+    return corruption_error(acc).mean(-2)
+
+
+def normalised_ce(acc: torch.Tensor, *, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """CE_c(t) / CE_c(ref): by default ref is t = 0 of the same run; pass ``reference`` accuracies
+    (..., C, S, >=1) to normalise by another model's t = 0 (e.g. the backbone, for test-time adaptation)."""
+    ce = corruption_error(acc)
+    ref = corruption_error(acc if reference is None else reference)[..., :1]
+    return ce / ref
+
+
+def normalised_mce(acc: torch.Tensor, *, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """mCE(t) / mCE(ref) with ref as in ``normalised_ce``; returns (..., T+1)."""
+    ref = mce(acc if reference is None else reference)[..., :1]
+    return mce(acc) / ref
+
+
+def mean_interval(values: torch.Tensor, *, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and a 95% Student-t interval over ``dim`` (e.g. feedback-training seeds): (mean, low, high).
+    With one value the interval collapses to the mean."""
+    values = values.double()
+    n = values.shape[dim]
+    mean = values.mean(dim)
+    if n < 2:
+        return mean, mean, mean
+    from scipy.stats import t as student_t
+    t = float(student_t.ppf(0.975, n - 1))
+    half = t * values.std(dim, unbiased=True) / math.sqrt(n)
+    return mean, mean - half, mean + half
