@@ -46,12 +46,15 @@ def _canonical(obj) -> bytes:
 
 
 def git_revision(*, cwd=None) -> str:
-    """``git rev-parse HEAD`` of the repository (suffix ``-dirty`` with uncommitted changes)."""
+    """``git rev-parse HEAD`` of the repository (suffix ``-dirty`` with uncommitted changes to the code).
+
+    Changes under ``data/`` (weights, results, the manifest the same command writes) do not count.
+    """
     cwd = str(cwd or _data.REPO_ROOT)
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)data"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
