@@ -57,14 +57,19 @@ class PredNet(nn.Module):
         steps, record = self._check_options(timesteps, feedback, record)
         grad_mode = torch.is_grad_enabled()
         coef = self._coefficients(grad_mode)
+        suffix = wiring.sequential_suffix(self.backbone, self.layers[0])  # None unless F_1(x) can be reused
         states, logit = self._feedforward(x)
-        logits, rec = [logit], _Recorder(record, steps, len(self.layers))
+        first_feedforward = states[0]  # F_1(e_0): the image never changes, so neither does this term
+        workspace = None if grad_mode else {}  # fast path: buffers reused by every step of this run
+        logits, rec = [logit], _Recorder(record, steps, len(self.layers), copy=workspace is not None)
         for t in range(1, steps + 1):
-            predictions, grads = self._predict(x, states, coef, grad_mode, t, always=rec.wants_predictions)
+            predictions, grads = self._predict(x, states, coef, grad_mode, t, always=rec.wants_predictions,
+                                               workspace=workspace)
             rec.add_states(states)
             rec.add_predictions(x, states, predictions, t - 1)
             feedback_in = predictions[1:] + [None] if feedback == "prediction" else [None] * len(states)
-            states, logit = self._step(x, states, feedback_in, grads, coef, t, rec)
+            states, logit = self._step(x, states, feedback_in, grads, coef, t, rec, suffix=suffix,
+                                       first_feedforward=first_feedforward, workspace=workspace)
             logits.append(logit)
         if rec.wants_predictions:
             with torch.no_grad():
@@ -113,23 +118,39 @@ class PredNet(nn.Module):
             logit = self.backbone(x)
         return states, logit
 
-    def _predict(self, x, states, coef, grad_mode, t, *, always):
+    def _predict(self, x, states, coef, grad_mode, t, *, always, workspace):
         """Predictions D_n(e_n(t)) and error gradients (eq. eq-error-grad) from the current states."""
         predictions, grads = [], []
-        for n, (decoder, state) in enumerate(zip(self.decoders, states)):
-            target = x if n == 0 else states[n - 1]
+        layer_inputs = [x] + list(states)  # e_0 (the image), e_1, ..., e_N
+        converted = {}  # index -> channels-last copy, made once per step
+
+        def view(i, channels_last):  # e_i as decoder n reads it: channels-last where that is faster (see below)
+            if not channels_last:
+                return layer_inputs[i]
+            if i not in converted:
+                converted[i] = dec.to_channels_last(workspace, ("channels-last", i), layer_inputs[i])
+            return converted[i]
+
+        for n, decoder in enumerate(self.decoders):
+            # fast path on CPU: small-kernel decoders run channels-last (oneDNN's direct kernels, several times
+            # faster than NCHW's im2col here); large kernels (PVGG16's 10x10, 14x14) are faster as they are
+            fast = not grad_mode and dec.supports_adjoint(decoder)
+            channels_last = (fast and workspace is not None and x.device.type == "cpu"
+                             and dec.prefers_channels_last(decoder))
+            state, target = view(n + 1, channels_last), view(n, channels_last)
             need_grad = coef["learnable"] or coef["alpha"][n] != 0
             need_pred = always or need_grad or (n > 0 and coef["lam"][n - 1] != 0)
+            ws = None if workspace is None else workspace.setdefault(("decoder", n), {})
             pred = grad = None
             if need_grad:
                 scale = dynamics.error_scale(mode=self.error_scale, projective_field=float(self.projective_fields[n]),
                                              batch=x.shape[0], numel=target[0].numel())
-                if not grad_mode and dec.supports_adjoint(decoder):
-                    pred, grad = dynamics.error_gradient_adjoint(decoder, state, target, scale=scale)
+                if fast:
+                    pred, grad = dynamics.error_gradient_adjoint(decoder, state, target, scale=scale, workspace=ws)
                 else:
                     pred, grad = dynamics.error_gradient(decoder, state, target, scale=scale, create_graph=grad_mode)
-            elif need_pred and not grad_mode and dec.supports_adjoint(decoder):
-                pred, _ = dec.forward_with_tape(decoder, state)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
+            elif need_pred and fast:
+                pred, _ = dec.forward_with_tape(decoder, state, workspace=ws)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
             elif need_pred:
                 pred = decoder(state)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
             self._check_finite(grad, f"error gradient of PCoder {n} ({self.layers[n]!r})", t)
@@ -137,23 +158,35 @@ class PredNet(nn.Module):
             grads.append(grad)
         return predictions, grads
 
-    def _step(self, x, states, feedback_in, grads, coef, t, rec):
-        """One timestep: the backbone forward with each PCoder output replaced by eq. eq-update."""
+    def _step(self, x, states, feedback_in, grads, coef, t, rec, *, suffix, first_feedforward, workspace):
+        """One timestep: the backbone forward with each PCoder output replaced by eq. eq-update.
+
+        When the backbone is a chain of nn.Sequential down to the first PCoder (``suffix`` not None), only the
+        modules after it run: its feedforward input F_1(e_0) is the constant ``first_feedforward``.
+        """
         new_states = [None] * len(states)
 
         def replace(n, feedforward):
             if new_states[n] is not None:
                 raise RuntimeError(f"layer {self.layers[n]!r} ran twice in one forward pass")
+            out = None if workspace is None else dec.scratch(workspace, ("new state", n, t % 2), feedforward)
             new = dynamics.update_state(states[n], feedforward=feedforward, prediction=feedback_in[n],
                                         error_grad=grads[n], beta=coef["beta"][n], lam=coef["lam"][n],
-                                        alpha=coef["alpha"][n])
+                                        alpha=coef["alpha"][n], out=out)
             self._check_finite(new, f"state of PCoder {n} ({self.layers[n]!r})", t)
             rec.add_terms(n, t, new, feedforward, feedback_in[n], states[n], grads[n], coef)
             new_states[n] = new
             return new
 
-        with wiring.hooked(self._pc_modules(), replace):
-            logit = self.backbone(x)
+        modules = self._pc_modules()
+        if suffix is None:
+            with wiring.hooked(modules, replace):
+                logit = self.backbone(x)
+            return new_states, logit
+        with wiring.hooked(modules[1:], lambda n, out: replace(n + 1, out)):
+            logit = replace(0, first_feedforward)
+            for module in suffix:
+                logit = module(logit)
         return new_states, logit
 
     def _coefficients(self, grad_mode):
@@ -205,8 +238,9 @@ class PredNet(nn.Module):
 class _Recorder:
     """Collects the optional per-timestep quantities of a run."""
 
-    def __init__(self, record, steps, n_layers):
+    def __init__(self, record, steps, n_layers, *, copy):
         self.record, self.steps, self.n = set(record), steps, n_layers
+        self.copy = copy  # the fast path's workspace buffers are overwritten by later timesteps
         self.wants_predictions = bool(self.record & {"errors", "predictions"})
         self.errors = [[None] * n_layers for _ in range(steps + 1)]
         self.predictions = [[None] * (steps + 1) for _ in range(n_layers)]
@@ -216,7 +250,7 @@ class _Recorder:
     def add_states(self, states):
         if "states" in self.record:
             for n, s in enumerate(states):
-                self.states[n].append(s)
+                self.states[n].append(s.clone() if self.copy else s)
 
     def add_predictions(self, x, states, predictions, t):
         if not self.wants_predictions:
@@ -224,7 +258,7 @@ class _Recorder:
         for n, pred in enumerate(predictions):
             target = x if n == 0 else states[n - 1]
             self.errors[t][n] = dynamics.reconstruction_error(target, pred).detach() / target[0].numel()  # (B,)
-            self.predictions[n][t] = pred
+            self.predictions[n][t] = pred.clone() if self.copy else pred
 
     def add_terms(self, n, t, new, feedforward, prediction, state, grad, coef):
         if "terms" not in self.record:

@@ -7,6 +7,7 @@ ReLU, Identity) gets the direct adjoint; any other decoder falls back to autogra
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -44,40 +45,95 @@ def supports_adjoint(decoder: nn.Module) -> bool:
     return True
 
 
-def forward_with_tape(decoder: nn.Sequential, state: torch.Tensor) -> tuple[torch.Tensor, list]:
+def forward_with_tape(decoder: nn.Sequential, state: torch.Tensor, *,
+                      workspace: dict | None = None) -> tuple[torch.Tensor, list]:
     """Run ``decoder`` on ``state`` (B, C, H, W); return the prediction and a tape for :func:`adjoint`.
 
     Nearest x2 upsampling followed by a 3x3 transposed convolution is computed as one stride-2 transposed
     convolution with a folded 4x4 kernel (:func:`folded_weight`): the same map, a quarter of the work.
+    With a ``workspace`` (see :func:`scratch`; one dict per decoder, kept while its weights do not change) the
+    folded kernels and output buffers are reused, and ReLUs act in place on intermediates (never on ``state``).
     """
     tape, h, layers, i = [], state, list(decoder), 0
     while i < len(layers):
         m = layers[i]
         if i + 1 < len(layers) and _foldable(m, layers[i + 1], tuple(h.shape[-2:])):
-            weight = folded_weight(layers[i + 1].weight)  # (C_in, C_out, 4, 4)
-            h = folded_forward(h, weight, layers[i + 1].bias)  # (B, C_out, 2H, 2W)
-            tape.append(("folded", weight))
+            conv = layers[i + 1]
+            kernels = None if workspace is None else workspace.get(("kernels", i))  # weights are fixed within a run
+            if kernels is None:
+                weight = folded_weight(conv.weight)  # (C_in, C_out, 4, 4)
+                kernels = (weight, *phase_kernel(weight, conv.bias))
+                if workspace is not None:
+                    workspace[("kernels", i)] = kernels
+            out = scratch(workspace, ("folded", i), h, (h.shape[0], conv.out_channels, 2 * h.shape[2], 2 * h.shape[3]),
+                          channels_last=True)
+            h = folded_forward(h, kernels[0], conv.bias, out=out, phase=kernels[1:])  # (B, C_out, 2H, 2W)
+            tape.append(("folded", kernels[0]))
             i += 2
             continue
         tape.append((m, h.shape))  # each layer with its input shape
-        h = _as_conv2d(m, h) if _stride_one_transposed(m) else m(h)
+        if isinstance(m, nn.ReLU) and workspace is not None and h is not state:
+            h = torch.relu_(h)  # (B, C, H, W): an intermediate of this decoder, free to overwrite
+        else:
+            h = _as_conv2d(m, h) if _stride_one_transposed(m) else m(h)
         if isinstance(m, nn.ReLU):
             tape[-1] = (m, h)  # the ReLU's output gives its derivative mask
         i += 1
     return h, tape
 
 
-def adjoint(tape: list, grad: torch.Tensor) -> torch.Tensor:
+def scratch(workspace: dict | None, key, like: torch.Tensor, shape=None, *,
+            channels_last: bool = False) -> torch.Tensor:
+    """An uninitialised tensor with ``like``'s dtype and device: ``like``'s shape and memory layout, or ``shape``
+    (contiguous, or channels-last when asked).
+
+    ``workspace`` is a dict kept by the caller across timesteps: the same ``key`` returns the same buffer, so
+    a run allocates its large intermediates once instead of every step (fresh large tensors cost page faults
+    on CPU). None allocates a new tensor each call.
+    """
+    if shape is None and not channels_last:
+        spec, fresh = (like.shape, like.stride()), functools.partial(torch.empty_like, like)
+    else:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        shape = tuple(like.shape if shape is None else shape)
+        spec = (shape, layout)
+        fresh = functools.partial(torch.empty, shape, dtype=like.dtype, device=like.device, memory_format=layout)
+    spec = (*spec, like.dtype, like.device)
+    if workspace is None:
+        return fresh()
+    if key not in workspace or workspace[key][0] != spec:
+        workspace[key] = (spec, fresh())
+    return workspace[key][1]
+
+
+def prefers_channels_last(decoder: nn.Module) -> bool:
+    """True when every convolution of ``decoder`` has a kernel of at most 5x5: on CPU (oneDNN) such convolutions
+    ran 1.3-5x faster on channels-last tensors, while PVGG16's 14x14 transposed convolutions ran up to 3x slower
+    (measured with scripts/bench_dynamics.py's shapes on 2 AVX2 cores)."""
+    convs = [m for m in decoder.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    return bool(convs) and all(max(m.kernel_size) <= 5 for m in convs)
+
+
+def to_channels_last(workspace: dict | None, key, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W) in channels-last layout (copied into a :func:`scratch` buffer unless it already is)."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return scratch(workspace, key, x, channels_last=True).copy_(x)
+
+
+def adjoint(tape: list, grad: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """Apply the decoder's transposed Jacobian (at the taped point) to ``grad`` (the prediction's shape).
 
     A transposed convolution's adjoint is a convolution with the same weight; a convolution's is a
-    transposed convolution; nearest/bilinear upsampling's is its aten backward; ReLU masks.
+    transposed convolution; nearest/bilinear upsampling's is its aten backward; ReLU masks (in ``grad``
+    itself when ``inplace``).
     """
     for m, saved in reversed(tape):
         if isinstance(m, str):  # folded upsample + 3x3 transposed convolution
             grad = F.conv2d(grad, saved, None, stride=2, padding=1)
         elif isinstance(m, nn.ReLU):
-            grad = torch.ops.aten.threshold_backward(grad, saved, 0)  # (B, C, H, W): zero where the ReLU was off
+            grad = (torch.ops.aten.threshold_backward.grad_input(grad, saved, 0, grad_input=grad) if inplace
+                    else torch.ops.aten.threshold_backward(grad, saved, 0))  # (B, C, H, W): zero where the ReLU was off
         elif isinstance(m, nn.ConvTranspose2d):
             grad = F.conv2d(grad, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
         elif isinstance(m, nn.Conv2d):
@@ -98,26 +154,39 @@ def folded_weight(weight: torch.Tensor) -> torch.Tensor:
     return rows[..., :-1] + rows[..., 1:]  # (C_in, C_out, 4, 4)
 
 
-def folded_forward(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``conv_transpose2d(z, weight, bias, stride=2, padding=1)`` for a 4x4 ``weight``, computed as four
-    2x2 convolutions (one per output phase, as one channels-last conv2d call) and interleaved: on CPU this
-    is several times faster than the transposed convolution at these sizes.
+def phase_kernel(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The four 2x2 kernels (one per output phase) of a 4x4 stride-2 transposed convolution, stacked for one
+    conv2d: (4 C_out, C_in, 2, 2), phases in the order (0, 0), (0, 1), (1, 0), (1, 1); and the bias repeated.
 
     Per axis, even outputs 2i take z[i-1] w3 + z[i] w1 and odd outputs 2i+1 take z[i] w2 + z[i+1] w0.
     """
+    flipped = weight.flip(2, 3)  # taps (3, 2, 1, 0): even phases use flipped[0::2] = (3, 1), odd ones (2, 0)
+    kernel = torch.stack([flipped[:, :, a::2, c::2] for a in (0, 1) for c in (0, 1)])  # (4, C_in, C_out, 2, 2)
+    kernel = kernel.transpose(1, 2).reshape(4 * weight.shape[1], weight.shape[0], 2, 2)  # (4 C_out, C_in, 2, 2)
+    return kernel, None if bias is None else bias.repeat(4)
+
+
+def folded_forward(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, out=None,
+                   phase=None) -> torch.Tensor:
+    """``conv_transpose2d(z, weight, bias, stride=2, padding=1)`` for a 4x4 ``weight``, computed as four
+    2x2 convolutions (one per output phase, as one channels-last conv2d call) and interleaved: on CPU this
+    is several times faster than the transposed convolution at these sizes. The result is channels-last
+    (written into ``out``, of shape (B, C_out, 2H, 2W), when given); ``phase``: :func:`phase_kernel`'s
+    result when already computed.
+    """
     b, _, h, w = z.shape
     c_out = weight.shape[1]
-    taps = ((3, 1), (2, 0))  # per phase: kernel taps for window offsets (0, 1) of the padded input
-    kernel = torch.stack([weight[:, :, list(ta)][:, :, :, list(tb)] for ta in taps for tb in taps])  # (4, C_in, C_out, 2, 2)
-    kernel = kernel.transpose(1, 2).reshape(4 * c_out, -1, 2, 2)  # (4 C_out, C_in, 2, 2)
+    kernel, bias = phase_kernel(weight, bias) if phase is None else phase  # (4 C_out, C_in, 2, 2), (4 C_out,)
     padded = F.pad(z, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)  # mkldnn's fast layout here
-    phases = F.conv2d(padded, kernel).unflatten(1, (2, 2, c_out))  # (B, a, b, C_out, H+1, W+1)
-    out = z.new_empty(b, c_out, h, 2, w, 2)  # (B, C_out, H, a, W, b)
-    for a in (0, 1):
-        for c in (0, 1):
-            out[:, :, :, a, :, c] = phases[:, a, c, :, a:a + h, c:c + w]
-    out = out.view(b, c_out, 2 * h, 2 * w)  # (B, C_out, 2H, 2W)
-    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+    phases = F.conv2d(padded, kernel, bias)  # (B, 4 C_out, H+1, W+1), channels-last
+    # phase (a, c) of output pixel (2i+a, 2j+c) sits at phases[:, (a, c, :), i+a, j+c]: one strided view holds all four
+    s_b, s_c, s_h, s_w = phases.stride()
+    interleaved = phases.as_strided((b, h, 2, w, 2, c_out),  # (B, H, a, W, c, C_out)
+                                    (s_b, s_h, s_h + 2 * c_out * s_c, s_w, s_w + c_out * s_c, s_c))
+    if out is None:
+        out = torch.empty(b, c_out, 2 * h, 2 * w, dtype=z.dtype, device=z.device, memory_format=torch.channels_last)
+    out.permute(0, 2, 3, 1).view(b, h, 2, w, 2, c_out).copy_(interleaved)  # (B, H, a, W, c, C_out)
+    return out
 
 
 def _stride_one_transposed(m: nn.Module) -> bool:

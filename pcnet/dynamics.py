@@ -15,16 +15,16 @@ from . import decoders as dec
 ERROR_SCALES = ("projective", "mean")
 
 
-def update_state(state, *, feedforward, prediction, error_grad, beta, lam, alpha):
+def update_state(state, *, feedforward, prediction, error_grad, beta, lam, alpha, out=None):
     """Eq. eq-update: e_n(t+1) = beta F_n(e_{n-1}(t+1)) + lam D_{n+1}(e_{n+1}(t))
     + (1 - beta - lam) e_n(t) - alpha grad eps_{n-1}(t).
 
     ``prediction`` is None for the top PCoder (no feedback); ``error_grad`` None means the term is 0.
     Coefficients are floats or 0-dim tensors (differentiable when learnable); without grad mode they
-    must be floats.
+    must be floats, and ``out`` (a tensor shaped like ``state``, distinct from the inputs) may receive the result.
     """
     if not torch.is_grad_enabled():  # the same sum accumulated in one buffer (no graph to keep intact)
-        new = feedforward.mul(beta).add_(state, alpha=1 - beta - lam)  # (B, C, H, W)
+        new = torch.mul(feedforward, beta, out=out).add_(state, alpha=1 - beta - lam)  # (B, C, H, W)
         if prediction is not None:
             new.add_(prediction, alpha=lam)
         if error_grad is not None:
@@ -70,14 +70,16 @@ def error_gradient(decoder: nn.Module, state, target, *, scale: float, create_gr
     return prediction, grad  # grad: (B, C, H, W)
 
 
-def error_gradient_adjoint(decoder: nn.Sequential, state, target, *, scale: float):
+def error_gradient_adjoint(decoder: nn.Sequential, state, target, *, scale: float, workspace: dict | None = None):
     """Eq. eq-error-grad without a graph: the decoder's adjoint applied to d eps / d prediction.
 
     d/dp sum || target - p ||^2 = 2 (p - target); returns (prediction, grad) like :func:`error_gradient`.
+    ``workspace``: a dict kept across timesteps whose buffers are reused (see :func:`decoders.scratch`).
     """
-    prediction, tape = dec.forward_with_tape(decoder, state)  # (B, C', H', W')
-    signal = (prediction - target).mul_(2 * scale)  # (B, C', H', W')
-    return prediction, dec.adjoint(tape, signal)  # (B, C, H, W)
+    prediction, tape = dec.forward_with_tape(decoder, state, workspace=workspace)  # (B, C', H', W')
+    signal = dec.scratch(workspace, "signal", prediction)  # (B, C', H', W')
+    torch.sub(prediction, target, out=signal).mul_(2 * scale)
+    return prediction, dec.adjoint(tape, signal, inplace=True)  # (B, C, H, W)
 
 
 def fixed_point_scale(*, beta: float, lam: float) -> float:

@@ -42,6 +42,30 @@ def hooked(modules: Sequence[nn.Module], fn: Callable[[int, torch.Tensor], torch
             h.remove()
 
 
+def sequential_suffix(model: nn.Module, path: str) -> list[nn.Module] | None:
+    """The modules that run after the module at ``path``, in order, when ``model`` and every container on the
+    way to ``path`` are plain ``nn.Sequential`` (whose forward is the chain of its children); None otherwise.
+
+    Running them on that module's output gives the model's output, so the part before it can be skipped.
+    None too when a container or a skipped module carries hooks (they would silently stop firing).
+    """
+    module, rests = model, []
+    for part in path.split("."):
+        if type(module) is not nn.Sequential or _hooked(module):
+            return None
+        children = list(module._modules.items())  # every position, even a module repeated in the chain
+        index = [name for name, _ in children].index(part)
+        if any(_hooked(m) for _, child in children[:index] for m in child.modules()):
+            return None
+        rests.append([child for _, child in children[index + 1:]])
+        module = children[index][1]
+    return [m for rest in reversed(rests) for m in rest]  # the innermost chain continues first
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def _call(module, inputs, output, *, fn, n):
     return fn(n, output)
 
@@ -66,10 +90,17 @@ def probe(model: nn.Module, layers: Sequence[str], modules: Sequence[nn.Module],
                             f"whose output is one tensor")
         calls.append(n)
         seen[n] = out
+        versions[n] = out._version  # bumped by any later in-place change
 
+    versions: dict[int, int] = {}
     with hooked(modules, record):
         model(x)
     _check_calls(layers, calls)
+    for n, out in seen.items():
+        if out._version != versions[n]:
+            raise ValueError(f"the output of layer {layers[n]!r} is changed in place later in the forward pass "
+                             f"(e.g. by a ReLU(inplace=True)), so it cannot be a PCoder state; choose the module that makes "
+                             f"the final value (e.g. that ReLU) or build the model with inplace=False")
     return {"shapes": [tuple(seen[n].shape[1:]) for n in range(len(layers))],
             "nonnegative": [bool((seen[n] >= 0).all()) for n in range(len(layers))]}
 

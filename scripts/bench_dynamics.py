@@ -1,11 +1,13 @@
 """Benchmark: cost of one timestep of the dynamics relative to one feedforward pass (fast mode, CPU).
 
-    python scripts/bench_dynamics.py [--threads 2] [--repeats 5] [--which shallow vgg16]
+    python scripts/bench_dynamics.py [--threads 2] [--repeats 9] [--which shallow vgg16] [--profile]
 
 (a) the shallow CIFAR network of the Predify follow-up (batch 128, 32x32, T=10);
 (b) PVGG16 with the paper's decoders (batch 2, 224x224, T=3).
 Per-timestep cost = (time of T steps - time of the t=0 pass) / T, divided by the backbone's own forward
 time; "first call" = extra time of the first call after construction beyond a warm call of the same size.
+Backbone, t=0 and T-step runs take turns within each repeat (a slow spell of a shared machine hits all three).
+``--profile`` adds torch.profiler's table of the operators of one T-step run (where a timestep's time goes).
 """
 from __future__ import annotations
 
@@ -25,12 +27,19 @@ CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (robust wh
 
 def timed(fn, *, repeats: int) -> float:
     """Median time of ``fn()`` over ``repeats`` runs (seconds)."""
-    times = []
+    return timed_together([fn], repeats=repeats)[0]
+
+
+def timed_together(fns, *, repeats: int) -> list[float]:
+    """Median time of each of ``fns`` over ``repeats`` rounds, the functions taking turns within each round, so
+    that a slow spell of the machine (other load, frequency changes) hits all of them alike."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = CLOCK()
-        fn()
-        times.append(CLOCK() - start)
-    return statistics.median(times)
+        for fn, row in zip(fns, times):
+            start = CLOCK()
+            fn()
+            row.append(CLOCK() - start)
+    return [statistics.median(row) for row in times]
 
 
 def conv_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
@@ -72,7 +81,7 @@ def executed_decoder_macs(decoder, state: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def bench(name, build, *, batch, timesteps, repeats):
+def bench(name, build, *, batch, timesteps, repeats, profile=False):
     torch.manual_seed(0)
     start = CLOCK()
     net = build()
@@ -82,9 +91,8 @@ def bench(name, build, *, batch, timesteps, repeats):
     net(x, timesteps=1)
     first = CLOCK() - start
     warm_one = timed(lambda: net(x, timesteps=1), repeats=repeats)
-    backbone = timed(lambda: net.backbone(x), repeats=repeats)
-    t0 = timed(lambda: net(x, timesteps=0), repeats=repeats)
-    full = timed(lambda: net(x, timesteps=timesteps), repeats=repeats)
+    backbone, t0, full = timed_together([lambda: net.backbone(x), lambda: net(x, timesteps=0),
+                                         lambda: net(x, timesteps=timesteps)], repeats=repeats)
     per_step = (full - t0) / timesteps
     states, _ = net._feedforward(x)
     backbone_macs = conv_macs(net.backbone, x)
@@ -99,15 +107,20 @@ def bench(name, build, *, batch, timesteps, repeats):
           f"{executed_macs / 1e9:.2f} G as run (folded). A timestep runs the backbone, every decoder and its adjoint: "
           f">= {1 + 2 * executed_macs / backbone_macs:.2f}x the backbone's MACs")
     print(f"  first call beyond a warm call: {max(first - warm_one, 0.0):.3f} s (first {first:.3f} s, warm {warm_one:.3f} s)")
+    if profile:
+        with torch.profiler.profile(record_shapes=True) as prof:
+            net(x, timesteps=timesteps)
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
     return per_step / backbone
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or process CPU time summed over threads (robust under contention)")
+    parser.add_argument("--profile", action="store_true", help="print the operators of one run, by self CPU time")
     parser.add_argument("--which", nargs="+", default=["shallow", "vgg16"], choices=["shallow", "vgg16"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -117,10 +130,10 @@ def main(argv=None):
           f"{platform.python_version()}")
     if "shallow" in args.which:
         bench("shallow CIFAR net", lambda: presets.pshallow_cifar(beta=0.8, lam=0.1, alpha=0.01),
-              batch=128, timesteps=10, repeats=args.repeats)
+              batch=128, timesteps=10, repeats=args.repeats, profile=args.profile)
     if "vgg16" in args.which:
         bench("PVGG16", lambda: presets.pvgg16(beta=0.8, lam=0.1, alpha=0.01),
-              batch=2, timesteps=3, repeats=max(1, args.repeats // 2))
+              batch=2, timesteps=3, repeats=max(1, args.repeats // 2), profile=args.profile)
 
 
 if __name__ == "__main__":

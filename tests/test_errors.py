@@ -54,6 +54,15 @@ def test_shared_module_that_runs_twice_is_refused():
     assert model.training and all(not m._forward_hooks for m in model.modules())
 
 
+def test_output_changed_in_place_later_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 64, 2)).train()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"output of layer '0' is changed in place.*ReLU\(inplace=True\).*inplace=False"):
+        pcnet.predify(model, layers=["0"], input_shape=(1, 8, 8))
+    assert unchanged(model, before)
+    pcnet.predify(model, layers=["1"], input_shape=(1, 8, 8))  # the in-place ReLU itself is fine
+
+
 def test_layers_out_of_forward_order(model):
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match=r"forward order.*reaches them as \['1', '4'\]"):
