@@ -164,3 +164,19 @@ def test_the_network_keeps_no_buffers_between_calls():
     with torch.no_grad():
         assert torch.equal(net(x, timesteps=3), first)
         assert torch.equal(copy.deepcopy(net)(x, timesteps=3), first)
+
+
+def test_benchmark_counts_the_macs_a_timestep_runs():
+    import bench_dynamics  # scripts/ is on the path (conftest)
+    net = presets.pshallow_cifar()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        states, _ = net._feedforward(x)
+        suffix = wiring.sequential_suffix(net.backbone, net.layers[0])
+        conv1 = 32 * 32 * 12 * 3 * 25
+        conv2, conv3, head = 16 * 16 * 18 * 12 * 25, 8 * 8 * 24 * 18 * 25, 384 * 120 + 120 * 10  # by hand
+        assert bench_dynamics.conv_macs(net.backbone, x) == conv1 + conv2 + conv3 + head
+        assert bench_dynamics.suffix_macs(suffix, states[0]) == conv2 + conv3 + head
+        # decoders as run: 3x3 transposed conv 12->3 at 32x32; folded 4x4 stride-2 18->12 and 24->18
+        expected = 32 * 32 * 3 * 12 * 9 + 16 * 16 * 12 * 18 * 16 + 8 * 8 * 18 * 24 * 16
+        assert sum(bench_dynamics.executed_decoder_macs(d, s) for d, s in zip(net.decoders, states)) == expected
