@@ -180,3 +180,15 @@ def test_benchmark_counts_the_macs_a_timestep_runs():
         # decoders as run: 3x3 transposed conv 12->3 at 32x32; folded 4x4 stride-2 18->12 and 24->18
         expected = 32 * 32 * 3 * 12 * 9 + 16 * 16 * 12 * 18 * 16 + 8 * 8 * 18 * 24 * 16
         assert sum(bench_dynamics.executed_decoder_macs(d, s) for d, s in zip(net.decoders, states)) == expected
+
+
+@pytest.mark.parametrize("build", [lambda: presets.pvgg16(image_size=32), lambda: presets.pefficientnet_b0(image_size=32),
+                                   lambda: presets.presnet18(image_size=32)], ids=["vgg16", "efficientnet_b0", "resnet18"])
+def test_fast_path_equals_differentiable_path_on_the_presets(build):
+    torch.manual_seed(6)
+    net, x = build(), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        fast = net(x, timesteps=2)
+    slow = net(x, timesteps=2)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(fast[2], fast[0])
