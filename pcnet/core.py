@@ -137,9 +137,10 @@ class PredNet(nn.Module):
             fast = not grad_mode and dec.supports_adjoint(decoder)
             channels_last = (fast and workspace is not None and x.device.type == "cpu"
                              and dec.prefers_channels_last(decoder))
-            state, target = view(n + 1, channels_last), view(n, channels_last)
             need_grad = coef["learnable"] or coef["alpha"][n] != 0
             need_pred = always or need_grad or (n > 0 and coef["lam"][n - 1] != 0)
+            state = view(n + 1, channels_last and need_pred)
+            target = view(n, channels_last and need_grad)  # the image or the layer below: only the error needs it
             ws = None if workspace is None else workspace.setdefault(("decoder", n), {})
             pred = grad = None
             if need_grad:

@@ -109,7 +109,7 @@ def scratch(workspace: dict | None, key, like: torch.Tensor, shape=None, *,
 def prefers_channels_last(decoder: nn.Module) -> bool:
     """True when every convolution of ``decoder`` has a kernel of at most 5x5: on CPU (oneDNN) such convolutions
     ran 1.3-5x faster on channels-last tensors, while PVGG16's 14x14 transposed convolutions ran up to 3x slower
-    (measured with scripts/bench_dynamics.py's shapes on 2 AVX2 cores)."""
+    (measured at scripts/bench_dynamics.py's shapes on 2 AVX2 cores)."""
     convs = [m for m in decoder.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     return bool(convs) and all(max(m.kernel_size) <= 5 for m in convs)
 
