@@ -7,18 +7,9 @@ import pytest
 import torch
 
 import pcnet.data as data
+from fashion import needs_fashion
 
 
-def _fashion_available():
-    try:
-        data.fashion_mnist_source(split="test")
-        return True
-    except RuntimeError:
-        return False
-
-
-needs_fashion = pytest.mark.skipif(not _fashion_available(),
-                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
 @needs_fashion

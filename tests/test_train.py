@@ -9,18 +9,9 @@ from torch.utils.data import Subset, TensorDataset
 import pcnet
 import pcnet.data as data
 from pcnet import models, train
+from fashion import needs_fashion
 
 
-def _fashion_available():
-    try:
-        data.fashion_mnist_source(split="train")
-        return True
-    except RuntimeError:
-        return False
-
-
-needs_fashion = pytest.mark.skipif(not _fashion_available(),
-                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture(scope="module")
