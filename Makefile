@@ -43,7 +43,7 @@ $(STAMPS)/install: pyproject.toml
 
 # Fashion-MNIST, the offline default data: data/, the Debian package, or torchvision's download.
 $(STAMPS)/data: $(STAMPS)/install
-	@if $(PY) -c 'import pcnet.data as d; [d.fashion_mnist_source(split=s) for s in ("train", "test")]' \
+	@if $(PY) -c 'import pcnet.experiments.data as d; [d.fashion_mnist_source(split=s) for s in ("train", "test")]' \
 	      >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
@@ -52,7 +52,7 @@ $(STAMPS)/data: $(STAMPS)/install
 	    || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; } \
 	    || echo "apt-get could not install dataset-fashion-mnist; trying torchvision's download"; \
 	fi
-	@$(PY) -c 'import pcnet.data as d; print("Fashion-MNIST:", d.fashion_mnist_source(split="train")); d.fashion_mnist_source(split="test")'
+	@$(PY) -c 'import pcnet.experiments.data as d; print("Fashion-MNIST:", d.fashion_mnist_source(split="train")); d.fashion_mnist_source(split="test")'
 	@mkdir -p $(STAMPS) && touch $@
 
 # MathJax 3 served by the site itself (the pages work without internet).

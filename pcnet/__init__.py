@@ -2,8 +2,11 @@
 
     net = pcnet.predify(model, layers=["features.3", "features.8"], input_shape=(3, 224, 224))
     logits = net(images, timesteps=10)  # (11, batch, classes); index 0 is the plain backbone
+
+The core (this package's top-level modules) needs only torch and torchvision. The book's helpers (data, model
+builders, training, evaluation, plots) live in ``pcnet.experiments``, which the core never imports.
 """
-from . import decoders, dynamics, hparams, presets
+from . import decoders, dynamics, hparams
 from .build import predify
 from .controls import rescaled_forward
 from .core import PredNet, Trace
@@ -11,17 +14,5 @@ from .docs import show_source
 from .feedback import feedback_loss, feedback_step
 
 __all__ = ["predify", "PredNet", "Trace", "feedback_loss", "feedback_step", "rescaled_forward", "show_source",
-           "decoders", "dynamics", "hparams", "presets"]
+           "decoders", "dynamics", "hparams"]
 __version__ = "0.1.0"
-
-# Helper modules load on first use (``pcnet.data``, ``pcnet.plotting``, ...): ``import pcnet`` stays light and
-# needs none of the book's extras.
-_LAZY = ("attacks", "corruptions", "data", "evaluate", "metrics", "models", "plotting", "train", "tta", "tuning",
-         "weights")
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

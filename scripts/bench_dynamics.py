@@ -19,7 +19,8 @@ import time
 import torch
 
 from pcnet import decoders as dec
-from pcnet import presets, wiring
+from pcnet import wiring
+from pcnet.experiments import models as presets
 
 
 CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (robust when other jobs share the cores)

@@ -1,7 +1,7 @@
 """Shared by the tests that need real Fashion-MNIST: skip them, naming the install step, when it is absent."""
 import pytest
 
-import pcnet.data as data
+import pcnet.experiments.data as data
 
 
 def fashion_available() -> bool:

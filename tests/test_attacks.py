@@ -1,4 +1,4 @@
-"""pcnet.attacks: the attacked function is the evaluated one; BPDA backward passes; attacks that work."""
+"""pcnet.experiments.attacks: the attacked function is the evaluated one; BPDA backward passes; attacks that work."""
 import copy
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import pcnet
-from pcnet import attacks as A
+from pcnet.experiments import attacks as A
 
 
 @pytest.fixture(autouse=True, scope="module")

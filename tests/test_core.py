@@ -10,7 +10,8 @@ from torch import nn
 
 import pcnet
 from pcnet import decoders as dec
-from pcnet import dynamics, presets
+from pcnet import dynamics
+from pcnet.experiments import models as presets
 
 
 def small_cnn():

@@ -1,18 +1,18 @@
-"""pcnet.corruptions: shapes, ranges, determinism, severity ordering, caching, agreement with imagecorruptions."""
+"""pcnet.experiments.corruptions: shapes, ranges, determinism, severity ordering, caching, agreement with imagecorruptions."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from pcnet import corruptions as C
+from pcnet.experiments import corruptions as C
 
 
 @pytest.fixture(scope="module")
 def images():
     """Eight real Fashion-MNIST test images (N, 1, 28, 28) in [0, 1] and their labels."""
     try:
-        from pcnet.data import fashion_mnist
+        from pcnet.experiments.data import fashion_mnist
         ds = fashion_mnist(split="test")
     except (ImportError, FileNotFoundError, RuntimeError) as err:
         pytest.skip(f"Fashion-MNIST unavailable: {err}")

@@ -1,4 +1,4 @@
-"""pcnet.data on real offline data: Fashion-MNIST, shipped photos, offline download errors."""
+"""pcnet.experiments.data on real offline data: Fashion-MNIST, shipped photos, offline download errors."""
 import gzip
 import pathlib
 import shutil
@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-import pcnet.data as data
+import pcnet.experiments.data as data
+from pcnet.experiments import models
 from fashion import needs_fashion
 
 
@@ -57,7 +58,7 @@ def test_fashion_mnist_missing_gives_both_commands(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError) as err:
         data.fashion_mnist(split="test", root=tmp_path / "empty")
     assert "apt-get install -y dataset-fashion-mnist" in str(err.value)
-    assert "pcnet.data" in str(err.value) and "download" in str(err.value)
+    assert "pcnet.experiments.data" in str(err.value) and "download" in str(err.value)
 
 
 def test_split_train_val_deterministic():
@@ -131,7 +132,7 @@ def test_sample_images_cifar10():
 def test_efficientnet_lite0_pretrained_classifies_real_images():
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("foolbox")
-    model = data.efficientnet_lite0()
+    model = models.efficientnet_lite0()
     x, y = data.sample_images(dataset="imagenet")
     with torch.no_grad():
         logits = model(x)
@@ -145,7 +146,7 @@ def test_no_side_effects_at_import(tmp_path):
     import subprocess
     import sys
     env = {"PCNET_DATA": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
-    code = "import pcnet.data, pcnet.weights, pcnet.plotting; print(pcnet.data.DATA_DIR)"
+    code = "import pcnet.experiments.data, pcnet.experiments.weights, pcnet.experiments.plotting; print(pcnet.experiments.data.DATA_DIR)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=str(pathlib.Path(data.__file__).parent.parent), check=True)
     assert out.stdout.strip() == str(tmp_path / "d")

@@ -171,4 +171,4 @@ def test_torchvision_weights_offline_error_names_the_fix(monkeypatch):
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match=r"downloaded from the internet.*weights=None"):
-        pcnet.presets.presnet18(weights="DEFAULT", image_size=32)
+        pcnet.experiments.models.presnet18(weights="DEFAULT", image_size=32)

@@ -1,4 +1,4 @@
-"""Tests for pcnet.evaluate: corruptions, accuracy per timestep, correlation distance, intervals."""
+"""Tests for pcnet.experiments.evaluate: corruptions, accuracy per timestep, correlation distance, intervals."""
 import functools
 import math
 
@@ -8,7 +8,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import pcnet
-from pcnet import evaluate as E
+from pcnet.experiments import evaluate as E
 
 
 def tiny_prednet(seed=0):

@@ -14,7 +14,8 @@ from torch import nn
 
 import pcnet
 from pcnet import decoders as dec
-from pcnet import presets, wiring
+from pcnet import wiring
+from pcnet.experiments import models as presets
 
 
 class Counting(nn.Module):

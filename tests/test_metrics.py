@@ -1,8 +1,8 @@
-"""pcnet.metrics against hand-computed values."""
+"""pcnet.experiments.metrics against hand-computed values."""
 import pytest
 import torch
 
-from pcnet import metrics as M
+from pcnet.experiments import metrics as M
 
 
 def test_accuracy_per_timestep_by_hand():

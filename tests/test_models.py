@@ -1,12 +1,12 @@
-"""pcnet.models: backbone shapes, PCoder layer paths, reference-weight loaders."""
+"""pcnet.experiments.models: backbone shapes, PCoder layer paths, reference-weight loaders."""
 import pytest
 import torch
 from torch import nn
 
 import pcnet
-import pcnet.data as data
-from pcnet import models
-from pcnet.weights import save_weights
+import pcnet.experiments.data as data
+from pcnet.experiments import models
+from pcnet.experiments.weights import save_weights
 
 
 def _call_order(model, x):
@@ -70,11 +70,11 @@ def data_dir(tmp_path, monkeypatch):
 
 
 def test_missing_reference_weights_name_the_fix(data_dir):
-    with pytest.raises(FileNotFoundError, match="python -m pcnet.train backbone.*TRAIN=True"):
+    with pytest.raises(FileNotFoundError, match="python -m pcnet.experiments.train backbone.*TRAIN=True"):
         models.load_reference_backbone()
     torch.manual_seed(0)
     save_weights(models.reference_weights_path(), models.fmnist_vgg().state_dict(), command="test", seed=0)
-    with pytest.raises(FileNotFoundError, match="python -m pcnet.train feedback --name fmnist_vgg --seed 2"):
+    with pytest.raises(FileNotFoundError, match="python -m pcnet.experiments.train feedback --name fmnist_vgg --seed 2"):
         models.load_reference_prednet(seed=2)
 
 
@@ -82,7 +82,7 @@ def test_corrupt_reference_weights_name_the_fix(data_dir):
     path = models.reference_weights_path()
     save_weights(path, models.fmnist_vgg().state_dict(), command="test", seed=0)
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(RuntimeError, match="sha256.*python -m pcnet.train backbone"):
+    with pytest.raises(RuntimeError, match="sha256.*python -m pcnet.experiments.train backbone"):
         models.load_reference_backbone()
 
 

@@ -1,4 +1,4 @@
-"""pcnet.train on small real data: loss goes down, exact resume, frozen backbone in feedback training."""
+"""pcnet.experiments.train on small real data: loss goes down, exact resume, frozen backbone in feedback training."""
 import math
 
 import pytest
@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch.utils.data import Subset, TensorDataset
 
 import pcnet
-import pcnet.data as data
-from pcnet import models, train
+import pcnet.experiments.data as data
+from pcnet.experiments import models, train
 from fashion import needs_fashion
 
 
@@ -192,17 +192,17 @@ def test_seeded_prednet_is_reproducible(prednet):
 def test_cli_writes_weights_with_provenance(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DATA_DIR", tmp_path)
     train.main(["backbone", "--epochs", "1", "--limit", "256", "--val-size", "100", "--seed", "3"])
-    prov = pcnet.weights.load_provenance(models.reference_weights_path())
-    assert prov["command"] == "python -m pcnet.train backbone --epochs 1 --limit 256 --val-size 100 --seed 3"
+    prov = pcnet.experiments.weights.load_provenance(models.reference_weights_path())
+    assert prov["command"] == "python -m pcnet.experiments.train backbone --epochs 1 --limit 256 --val-size 100 --seed 3"
     assert prov["seed"] == 3 and prov["extra"]["options"]["limit"] == 256 and 0 <= prov["extra"]["test_acc"] <= 1
-    history = pcnet.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_history.json")
+    history = pcnet.experiments.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_history.json")
     assert len(history["step_loss"]) == 2 and history["test_acc"] == prov["extra"]["test_acc"]
     assert not list((tmp_path / "cache").glob("*"))  # checkpoint removed after the final save
     train.main(["feedback", "--epochs", "1", "--limit", "64", "--seed", "1"])
-    prov = pcnet.weights.load_provenance(models.feedback_weights_path(seed=1))
+    prov = pcnet.experiments.weights.load_provenance(models.feedback_weights_path(seed=1))
     assert prov["extra"]["backbone_before"] == prov["extra"]["backbone_after"]
     assert prov["extra"]["backbone_before"] == train.state_fingerprint(models.load_reference_backbone())
     net = models.load_reference_prednet(seed=1)
-    assert len(pcnet.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_feedback_seed1_history.json")
+    assert len(pcnet.experiments.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_feedback_seed1_history.json")
                ["step_loss"]) == 1
     assert net.layers == models.FMNIST_VGG_LAYERS

@@ -1,11 +1,11 @@
-"""pcnet.tta: BN adaptation and TENT leave the caller's model alone and adapt to shifted data."""
+"""pcnet.experiments.tta: BN adaptation and TENT leave the caller's model alone and adapt to shifted data."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from pcnet import tta
+from pcnet.experiments import tta
 
 
 def _bn_net(seed=0):

@@ -1,11 +1,11 @@
-"""Tests for pcnet.tuning: the grid search finds a known optimum; gradient tuning stays valid and learns."""
+"""Tests for pcnet.experiments.tuning: the grid search finds a known optimum; gradient tuning stays valid and learns."""
 import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 import pcnet
-from pcnet import tuning as Tu
+from pcnet.experiments import tuning as Tu
 
 
 def mixing_net(*, learnable=False, beta=0.8, lam=0.1):

@@ -1,11 +1,11 @@
-"""pcnet.weights: round trip, sha256 checks, atomic writes, provenance."""
+"""pcnet.experiments.weights: round trip, sha256 checks, atomic writes, provenance."""
 import json
 
 import pytest
 import torch
 
-import pcnet.data as data
-import pcnet.weights as weights
+import pcnet.experiments.data as data
+import pcnet.experiments.weights as weights
 
 
 @pytest.fixture

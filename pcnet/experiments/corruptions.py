@@ -231,7 +231,7 @@ _OPS = {
 # ----------------------------------------------------------------------------- public API
 def _check(name, severity):
     if name not in _OPS:
-        raise ValueError(f"unknown corruption {name!r}; choose one of pcnet.corruptions.ALL: {ALL}")
+        raise ValueError(f"unknown corruption {name!r}; choose one of pcnet.experiments.corruptions.ALL: {ALL}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
 
@@ -303,7 +303,7 @@ def corrupted_set(images: torch.Tensor, labels: torch.Tensor, *, names=ALL, seve
     key.update(labels.cpu().numpy().astype(np.int64).tobytes())
     key.update(json.dumps([seed, repr(CIFAR10C_CONSTANTS)]).encode())
     if cache_dir is None:
-        from pcnet.data import DATA_DIR
+        from pcnet.experiments.data import DATA_DIR
         cache_dir = Path(DATA_DIR) / "cache" / "corruptions"
     folder = Path(cache_dir) / f"{key.hexdigest()[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -358,7 +358,7 @@ def load_cifar10_c(root: str | os.PathLike, *, names=COMMON, severities=SEVERITI
     root = Path(root)
     if not (root / "labels.npy").exists():
         raise FileNotFoundError(f"no CIFAR-10-C at {root} (expected labels.npy and <corruption>.npy). On a "
-                                f"connected machine run pcnet.corruptions.download_cifar10_c({str(root)!r}) "
+                                f"connected machine run pcnet.experiments.corruptions.download_cifar10_c({str(root)!r}) "
                                 f"or fetch {CIFAR10_C_URL} and untar it there.")
     labels = torch.from_numpy(np.load(root / "labels.npy")[:10000].astype(np.int64))
     out = {}
@@ -406,6 +406,6 @@ def load_imagenet_c(root: str | os.PathLike, *, name: str, severity: int, transf
     folder = Path(root) / name / str(severity)
     if not folder.is_dir():
         raise FileNotFoundError(f"no ImageNet-C images at {folder}. On a connected machine run "
-                                f"pcnet.corruptions.download_imagenet_c({str(root)!r}) (archives: "
+                                f"pcnet.experiments.corruptions.download_imagenet_c({str(root)!r}) (archives: "
                                 f"{sorted(IMAGENET_C_URLS.values())}).")
     return ImageFolder(str(folder), transform=transform)

@@ -4,8 +4,8 @@ Both loops are deterministic for a given `seed`, show tqdm progress bars, and, g
 `checkpoint` path, save their full state atomically after every epoch and resume from it.
 Command line (writes the committed reference weights with provenance):
 
-    python -m pcnet.train backbone --seed 0
-    python -m pcnet.train feedback --seed 0
+    python -m pcnet.experiments.train backbone --seed 0
+    python -m pcnet.experiments.train feedback --seed 0
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def state_fingerprint(module: nn.Module) -> str:
 def seeded_prednet(backbone: nn.Module, *, name: str = "fmnist_vgg", seed: int = 0, **predify_kwargs):
     """`backbone` predified at FMNIST_VGG_LAYERS with (untrained) decoders initialised from `seed`."""
     import pcnet
-    from pcnet.models import BACKBONES, FMNIST_VGG_LAYERS
+    from pcnet.experiments.models import BACKBONES, FMNIST_VGG_LAYERS
 
     torch.manual_seed(seed)
     return pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1], **predify_kwargs)
@@ -254,7 +254,7 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
 
 def reference_data(name: str = "fmnist_vgg", *, split: str = "train"):
     """The dataset a reference backbone is trained on: Fashion-MNIST or CIFAR-10 (`split`)."""
-    from pcnet import data
+    from pcnet.experiments import data
 
     return data.fashion_mnist(split=split) if name == "fmnist_vgg" else data.cifar10(split=split)
 
@@ -267,8 +267,8 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
     `limit` keeps only the first `limit` training images (smoke runs). Returns (model, history);
     history also holds `test_acc` and `train_seconds`.
     """
-    from pcnet.data import split_train_val
-    from pcnet.models import build_backbone
+    from pcnet.experiments.data import split_train_val
+    from pcnet.experiments.models import build_backbone
 
     train, val = split_train_val(reference_data(name, split="train"), val_size=val_size, seed=0)
     if limit is not None:
@@ -290,7 +290,7 @@ def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0,
 
     Returns (net, history) with history from `train_feedback` plus `train_seconds`.
     """
-    from pcnet.data import split_train_val
+    from pcnet.experiments.data import split_train_val
 
     train, val = split_train_val(reference_data(name, split="train"), val_size=val_size, seed=0)
     if limit is not None:
@@ -309,15 +309,15 @@ def _machine_load() -> dict:
 
 
 def main(argv=None) -> None:
-    """CLI: `python -m pcnet.train {backbone,feedback} --seed S [--epochs ...]` writes data/weights/."""
+    """CLI: `python -m pcnet.experiments.train {backbone,feedback} --seed S [--epochs ...]` writes data/weights/."""
     import argparse
     import sys
 
-    from pcnet.data import DATA_DIR
-    from pcnet.models import feedback_weights_path, load_reference_backbone, reference_weights_path
-    from pcnet.weights import save_json_result, save_weights
+    from pcnet.experiments.data import DATA_DIR
+    from pcnet.experiments.models import feedback_weights_path, load_reference_backbone, reference_weights_path
+    from pcnet.experiments.weights import save_json_result, save_weights
 
-    parser = argparse.ArgumentParser(prog="python -m pcnet.train", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.train", description=main.__doc__)
     parser.add_argument("what", choices=["backbone", "feedback"])
     parser.add_argument("--name", default="fmnist_vgg", choices=["fmnist_vgg", "cifar10_vgg"])
     parser.add_argument("--seed", type=int, default=0)
@@ -328,7 +328,7 @@ def main(argv=None) -> None:
     defaults = BACKBONE_DEFAULTS if args.what == "backbone" else FEEDBACK_DEFAULTS
     options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     options.update({"limit": args.limit} if args.limit is not None else {})
-    command = "python -m pcnet.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m pcnet.experiments.train " + " ".join(sys.argv[1:] if argv is None else argv)
     checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
     load_before, fingerprints = _machine_load(), {}
     if args.what == "backbone":

