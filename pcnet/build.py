@@ -26,8 +26,7 @@ def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[in
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if error_scale not in dynamics.ERROR_SCALES:
-        raise ValueError(f"error_scale must be one of {dynamics.ERROR_SCALES}, got {error_scale!r}")
+    dynamics.error_scale(mode=error_scale, projective_field=1.0, batch=1, numel=1)  # raises for an unknown mode
     layers = list(layers) if not isinstance(layers, str) else layers
     was_training = model.training
     try:

@@ -13,11 +13,11 @@ def rescaled_forward(net, x: torch.Tensor, *, scale) -> torch.Tensor:
     With ``scale = beta / (beta + lam)`` (eq. eq-fixed-point) this is the fixed point that the
     zero-prediction control settles at, reached in one pass. Returns logits (B, K).
     """
-    net._check_input(x)
+    net.check_input(x)
     factors = per_layer(scale, n=len(net.layers), name="scale").tolist()
 
     def rescale(n, out):
         return out * factors[n]  # (B, C, H, W)
 
-    with wiring.hooked(net._pc_modules(), rescale):
+    with wiring.hooked(net.pc_modules(), rescale):
         return net.backbone(x)

@@ -1,10 +1,10 @@
 """PredNet: a frozen backbone with PCoders at chosen layers, run as predictive-coding dynamics.
 
-The backbone's own forward computes each F_n: at every timestep it runs once with temporary forward
-hooks that replace the output of PCoder n's module by the updated state e_n(t+1) (eq. eq-update), so
-the next segment already sees the updated layer below and the head turns e_N(t+1) into logits.
-Under ``torch.no_grad()``/``inference_mode`` the error gradient is the decoder's adjoint (no graph);
-with gradients enabled it is built by autograd with ``create_graph=True`` so everything is differentiable.
+The backbone's own forward computes each F_n: at every timestep it runs once with temporary forward hooks that
+replace the output of PCoder n's module by its updated state e_n(t+1) (eq. eq-update), so the next segment
+already sees the updated layer below and the head turns e_N(t+1) into logits. The methods here are the
+reference implementation, written to read like the equations and differentiable end to end; without gradients
+:mod:`pcnet.fast` computes the same dynamics with less work (tests/test_fast_path.py keeps the two equal).
 """
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import decoders as dec
-from . import dynamics, wiring
-from .hparams import PAPER_DEFAULTS, Hyperparameters
+from . import dynamics, fast, wiring
 
 RECORDABLE = ("errors", "states", "predictions", "terms")
 FEEDBACK = ("prediction", "zero")
@@ -46,36 +44,42 @@ class PredNet(nn.Module):
         self.error_scale = error_scale
         self.register_buffer("projective_fields", torch.tensor(projective_fields, dtype=torch.float64))
 
-    # ----------------------------------------------------------------- public API
-    def forward(self, x: torch.Tensor, *, timesteps: int = 0, feedback: str = "prediction") -> torch.Tensor:
-        """Logits at every timestep, shape (timesteps+1, B, K); index 0 is the plain feedforward pass."""
-        return self.run(x, timesteps=timesteps, feedback=feedback).logits
+    def extra_repr(self) -> str:
+        values = {k: [round(v, 6) for v in t.tolist()] for k, t in self.hparams().items()}
+        return (f"layers={self.layers}, input_shape={self.input_shape},\nbeta={values['beta']}, lam={values['lam']}, "
+                f"alpha={values['alpha']}, error_scale={self.error_scale!r}, learnable={self.hyper.learnable}")
 
-    def run(self, x, *, timesteps: int = 0, feedback: str = "prediction", record: Sequence[str] = ()) -> Trace:
-        """Run the dynamics and return a :class:`Trace` with the quantities named in ``record``."""
-        self._check_input(x)
-        steps, record = self._check_options(timesteps, feedback, record)
-        grad_mode = torch.is_grad_enabled()
-        coef = self._coefficients(grad_mode)
-        suffix = wiring.sequential_suffix(self.backbone, self.layers[0])  # None unless F_1(x) can be reused
-        states, logit = self._feedforward(x)
-        first_feedforward = states[0]  # F_1(e_0): the image never changes, so neither does this term
-        workspace = None if grad_mode else {}  # fast path: buffers reused by every step of this run
-        logits, rec = [logit], _Recorder(record, steps, len(self.layers), copy=workspace is not None)
-        for t in range(1, steps + 1):
-            predictions, grads = self._predict(x, states, coef, grad_mode, t, always=rec.wants_predictions,
-                                               workspace=workspace)
-            rec.add_states(states)
-            rec.add_predictions(x, states, predictions, t - 1)
-            feedback_in = predictions[1:] + [None] if feedback == "prediction" else [None] * len(states)
-            states, logit = self._step(x, states, feedback_in, grads, coef, t, rec, suffix=suffix,
-                                       first_feedforward=first_feedforward, workspace=workspace)
-            logits.append(logit)
+    # ----------------------------------------------------------------- public API
+    def forward(self, x: torch.Tensor, *, timesteps: int = 0, feedback: str = "prediction", **options) -> torch.Tensor:
+        """Logits at every timestep, shape (timesteps+1, B, K); index 0 is the plain feedforward pass."""
+        return self.run(x, timesteps=timesteps, feedback=feedback, **options).logits
+
+    def run(self, x, *, timesteps: int = 0, feedback: str = "prediction", record: Sequence[str] = (),
+            detach_error: bool = False, truncate: int = 0, reference: bool = False) -> Trace:
+        """Run the dynamics and return a :class:`Trace` with the quantities named in ``record``.
+
+        ``feedback="zero"`` replaces every prediction in eq. eq-update by 0 (a control). What backpropagation sees
+        (grad mode): ``detach_error`` makes the error term a constant (as the original package computes it);
+        ``truncate=k`` makes the states of timesteps 1..k constants (backpropagation through the last T-k steps).
+        Without gradients :mod:`pcnet.fast` runs, unless ``reference`` asks for the methods of this class.
+        """
+        self.check_input(x)
+        steps, record = self._check_options(timesteps, feedback, record, truncate)
+        use_reference = reference or torch.is_grad_enabled()
+        rec = _Recorder(record, steps, len(self.layers), copy=not use_reference)
+        if use_reference:
+            logits, states = self._run_reference(x, steps, feedback, rec, detach_error=detach_error, truncate=truncate)
+        else:
+            logits, states = fast.run(self, x, steps=steps, feedback=feedback, recorder=rec)
         if rec.wants_predictions:
             with torch.no_grad():
-                predictions = [d(s) for d, s in zip(self.decoders, states)]
-            rec.add_predictions(x, states, predictions, steps)
+                rec.add_predictions(x, states, [d(s) for d, s in zip(self.decoders, states)], steps)
         return rec.trace(torch.stack(logits), states)
+
+    def at_timestep(self, timestep: int, **options) -> "Readout":
+        """An ``nn.Module`` mapping x (B, C, H, W) to the logits (B, K) of ``timestep`` (for attack libraries,
+        ``F.cross_entropy`` and other tools that expect one logit tensor). ``options`` go to :meth:`run`."""
+        return Readout(self, timestep=timestep, **options)
 
     def set_hparams(self, *, beta=None, lam=None, alpha=None) -> None:
         """Change beta, lam and/or alpha (scalar or one per PCoder); validated."""
@@ -101,114 +105,121 @@ class PredNet(nn.Module):
         self.backbone.eval()
         return self
 
-    # ----------------------------------------------------------------- the steps
-    def _pc_modules(self):
-        return [self.backbone.get_submodule(name) for name in self.layers]
+    # ----------------------------------------------------------------- the reference dynamics
+    def _run_reference(self, x, steps, feedback, rec, *, detach_error, truncate):
+        coef = self.coefficients()
+        states, logit = self.feedforward(x)  # e_n(0) and the logits of t = 0
+        logits = [logit]
+        for t in range(1, steps + 1):
+            predictions, grads = self.predict(x, states, coef, always=rec.wants_predictions, detach_error=detach_error)
+            rec.add_states(states)
+            rec.add_predictions(x, states, predictions, t - 1)
+            states, logit = self.step(x, states, self.feedback_of(predictions, feedback), grads, coef,
+                                      detach=t <= truncate, rec=rec, t=t)
+            logits.append(logit)
+        return logits, states
 
-    def _feedforward(self, x):
-        """t = 0: the plain backbone pass, recording e_n(0) = F_n(e_{n-1}(0))."""
-        states = [None] * len(self.layers)
+    def feedforward(self, x):
+        """t = 0: the plain backbone pass, recording e_n(0) = F_n(e_{n-1}(0)); returns (states, logits (B, K))."""
+        states = []
 
         def record(n, out):
-            if states[n] is not None:
-                raise RuntimeError(f"layer {self.layers[n]!r} ran twice in one forward pass")
-            states[n] = out
+            self._check_order(n, len(states))
+            states.append(out)
 
-        with wiring.hooked(self._pc_modules(), record):
-            logit = self.backbone(x)
+        with wiring.hooked(self.pc_modules(), record):
+            logit = self.backbone(x)  # (B, K)
         return states, logit
 
-    def _predict(self, x, states, coef, grad_mode, t, *, always, workspace):
-        """Predictions D_n(e_n(t)) and error gradients (eq. eq-error-grad) from the current states."""
+    def predict(self, x, states, coef, *, always=False, detach_error=False):
+        """Each PCoder's prediction D_n(e_n(t)) of the layer below and its error gradient (eq. eq-error-grad);
+        None where no term of eq. eq-update uses them (unless ``always``)."""
         predictions, grads = [], []
-        layer_inputs = [x] + list(states)  # e_0 (the image), e_1, ..., e_N
-        converted = {}  # index -> channels-last copy, made once per step
-
-        def view(i, channels_last):  # e_i as decoder n reads it: channels-last where that is faster (see below)
-            if not channels_last:
-                return layer_inputs[i]
-            if i not in converted:
-                converted[i] = dec.to_channels_last(workspace, ("channels-last", i), layer_inputs[i])
-            return converted[i]
-
-        for n, decoder in enumerate(self.decoders):
-            # fast path on CPU: small-kernel decoders run channels-last (oneDNN's direct kernels, several times
-            # faster than NCHW's im2col here); large kernels (PVGG16's 10x10, 14x14) are faster as they are
-            fast = not grad_mode and dec.supports_adjoint(decoder)
-            channels_last = (fast and workspace is not None and x.device.type == "cpu"
-                             and dec.prefers_channels_last(decoder))
-            need_grad = coef["learnable"] or coef["alpha"][n] != 0
-            need_pred = always or need_grad or (n > 0 and coef["lam"][n - 1] != 0)
-            state = view(n + 1, channels_last and need_pred)
-            target = view(n, channels_last and need_grad)  # the image or the layer below: only the error needs it
-            ws = None if workspace is None else workspace.setdefault(("decoder", n), {})
-            pred = grad = None
-            if need_grad:
-                scale = dynamics.error_scale(mode=self.error_scale, projective_field=float(self.projective_fields[n]),
-                                             batch=x.shape[0], numel=target[0].numel())
-                if fast:
-                    pred, grad = dynamics.error_gradient_adjoint(decoder, state, target, scale=scale, workspace=ws)
-                else:
-                    pred, grad = dynamics.error_gradient(decoder, state, target, scale=scale, create_graph=grad_mode)
-            elif need_pred and fast:
-                pred, _ = dec.forward_with_tape(decoder, state, workspace=ws)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
-            elif need_pred:
-                pred = decoder(state)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
-            self._check_finite(grad, f"error gradient of PCoder {n} ({self.layers[n]!r})", t)
-            predictions.append(pred)
+        for n, (decoder, state, target) in enumerate(zip(self.decoders, states, [x] + states[:-1])):
+            prediction = grad = None
+            if self.needs_error(n, coef):
+                prediction, grad = dynamics.error_gradient(decoder, state, target, scale=self.scale_of(n, target),
+                                                           create_graph=torch.is_grad_enabled() and not detach_error)
+            elif always or self.needs_prediction(n, coef):
+                prediction = decoder(state)  # (B, C_{n-1}, H_{n-1}, W_{n-1})
+            self.check_finite(grad, f"error gradient of PCoder {n} ({self.layers[n]!r})")
+            predictions.append(prediction)
             grads.append(grad)
         return predictions, grads
 
-    def _step(self, x, states, feedback_in, grads, coef, t, rec, *, suffix, first_feedforward, workspace):
-        """One timestep: the backbone forward with each PCoder output replaced by eq. eq-update.
+    def step(self, x, states, feedback, grads, coef, *, detach=False, rec=None, t=1):
+        """One timestep, eq. eq-update: the backbone runs once with each PCoder's output replaced by its new state.
 
-        When the backbone is a chain of nn.Sequential down to the first PCoder (``suffix`` not None), only the
-        modules after it run: its feedforward input F_1(e_0) is the constant ``first_feedforward``.
+        ``feedback[n]`` is D_{n+1}(e_{n+1}(t)) (None at the top), ``grads[n]`` the error gradient (None: no term).
         """
-        new_states = [None] * len(states)
+        new_states = []
 
-        def replace(n, feedforward):
-            if new_states[n] is not None:
-                raise RuntimeError(f"layer {self.layers[n]!r} ran twice in one forward pass")
-            out = None if workspace is None else dec.scratch(workspace, ("new state", n, t % 2), feedforward)
-            new = dynamics.update_state(states[n], feedforward=feedforward, prediction=feedback_in[n],
-                                        error_grad=grads[n], beta=coef["beta"][n], lam=coef["lam"][n],
-                                        alpha=coef["alpha"][n], out=out)
-            self._check_finite(new, f"state of PCoder {n} ({self.layers[n]!r})", t)
-            rec.add_terms(n, t, new, feedforward, feedback_in[n], states[n], grads[n], coef)
-            new_states[n] = new
-            return new
+        def replace(n, feedforward):  # feedforward = F_n(e_{n-1}(t+1)): the layer below is already updated
+            self._check_order(n, len(new_states))
+            new = dynamics.update_state(states[n], feedforward=feedforward, prediction=feedback[n],
+                                        error_grad=grads[n], **coef["at"][n])  # (B, C_n, H_n, W_n)
+            self.check_finite(new, f"state of PCoder {n} ({self.layers[n]!r})", t)
+            if rec is not None:
+                rec.add_terms(n, t, new, feedforward, feedback[n], states[n], grads[n], coef)
+            new_states.append(new.detach() if detach else new)
+            return new_states[-1]
 
-        modules = self._pc_modules()
-        if suffix is None:
-            with wiring.hooked(modules, replace):
-                logit = self.backbone(x)
-            return new_states, logit
-        with wiring.hooked(modules[1:], lambda n, out: replace(n + 1, out)):
-            logit = replace(0, first_feedforward)
-            for module in suffix:
-                logit = module(logit)
+        with wiring.hooked(self.pc_modules(), replace):
+            logit = self.backbone(x)  # (B, K)
         return new_states, logit
 
-    def _coefficients(self, grad_mode):
+    # ----------------------------------------------------------------- shared by both implementations
+    def pc_modules(self) -> list[nn.Module]:
+        """The backbone modules whose outputs are the PCoder states, in forward order."""
+        return [self.backbone.get_submodule(name) for name in self.layers]
+
+    def coefficients(self) -> dict:
+        """beta, lam, alpha per PCoder as ``coef["at"][n]`` (floats; 0-dim tensors when learnable in grad mode)."""
         values = self.hyper.values()
-        learnable = self.hyper.learnable and grad_mode
+        learnable = self.hyper.learnable and torch.is_grad_enabled()
         if learnable:
-            coef = {k: list(v.unbind()) for k, v in values.items()}  # 0-dim tensors, differentiable
+            columns = {k: list(v.unbind()) for k, v in values.items()}  # 0-dim tensors, differentiable
         else:
-            coef = {k: [float(c) for c in v.detach().tolist()] for k, v in values.items()}
-        coef["learnable"] = learnable
-        return coef
+            columns = {k: [float(c) for c in v.detach().tolist()] for k, v in values.items()}
+        at = [{k: columns[k][n] for k in ("beta", "lam", "alpha")} for n in range(len(self.layers))]
+        return {"at": at, "learnable": learnable}
+
+    @staticmethod
+    def needs_error(n, coef) -> bool:
+        return coef["learnable"] or coef["at"][n]["alpha"] != 0
+
+    @staticmethod
+    def needs_prediction(n, coef) -> bool:
+        """D_n(e_n) is the feedback of PCoder n-1: needed when that PCoder's lam is not 0."""
+        return n > 0 and coef["at"][n - 1]["lam"] != 0
+
+    @staticmethod
+    def feedback_of(predictions, feedback: str) -> list:
+        """The feedback term of each PCoder n: D_{n+1}(e_{n+1}(t)), None at the top (and for ``"zero"``)."""
+        if feedback == "zero":
+            return [None] * len(predictions)
+        return list(predictions[1:]) + [None]
+
+    def scale_of(self, n: int, target: torch.Tensor) -> float:
+        """The error scale s_n of eq. eq-error-grad for PCoder n (see :func:`pcnet.dynamics.error_scale`)."""
+        return dynamics.error_scale(mode=self.error_scale, projective_field=float(self.projective_fields[n]),
+                                    batch=target.shape[0], numel=target[0].numel())
 
     # ----------------------------------------------------------------- checks
+    def _check_order(self, n, done):
+        if n != done:
+            raise RuntimeError(f"layer {self.layers[n]!r} ran twice or out of order in one forward pass")
+
     @staticmethod
-    def _check_finite(tensor, what, t):
+    def check_finite(tensor, what, t=None):
         # one reduction: any inf or NaN (or an overflowing sum, itself a sign of divergence) makes the sum non-finite
         if tensor is not None and not torch.isfinite(tensor.sum()):
-            raise FloatingPointError(f"non-finite values in the {what} at timestep {t}; lower alpha (or check the "
+            when = "" if t is None else f" at timestep {t}"
+            raise FloatingPointError(f"non-finite values in the {what}{when}; lower alpha (or check the "
                                      f"input and decoder weights)")
 
-    def _check_input(self, x):
+    def check_input(self, x):
+        """Raise a clear error unless ``x`` is a float tensor (B, C, H, W) of the network's shape, dtype, device."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor of shape (batch, {', '.join(map(str, self.input_shape))}), "
                             f"got {type(x).__name__}")
@@ -224,16 +235,35 @@ class PredNet(nn.Module):
             raise ValueError(f"input is on {x.device} but the network is on {p.device}; move one: x.to('{p.device}')")
 
     @staticmethod
-    def _check_options(timesteps, feedback, record):
+    def _check_options(timesteps, feedback, record, truncate):
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 0:
             raise ValueError(f"timesteps must be an integer >= 0, got {timesteps!r}")
         if feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
+        if isinstance(truncate, bool) or not isinstance(truncate, int) or not 0 <= truncate <= max(timesteps - 1, 0):
+            raise ValueError(f"truncate must be an integer in [0, timesteps - 1] = [0, {max(timesteps - 1, 0)}], "
+                             f"got {truncate!r}")
         record = (record,) if isinstance(record, str) else tuple(record)
         unknown = [r for r in record if r not in RECORDABLE]
         if unknown:
             raise ValueError(f"cannot record {unknown}; choose from {RECORDABLE}")
         return timesteps, record
+
+
+class Readout(nn.Module):
+    """x (B, C, H, W) -> the logits (B, K) of one timestep of a PredNet's dynamics (see :meth:`PredNet.at_timestep`)."""
+
+    def __init__(self, net: PredNet, *, timestep: int, **options):
+        super().__init__()
+        if isinstance(timestep, bool) or not isinstance(timestep, int) or timestep < 0:
+            raise ValueError(f"timestep must be an integer >= 0, got {timestep!r}")
+        self.net, self.timestep, self.options = net, timestep, options
+
+    def extra_repr(self) -> str:
+        return f"timestep={self.timestep}" + "".join(f", {k}={v!r}" for k, v in self.options.items())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.run(x, timesteps=self.timestep, **self.options).logits[self.timestep]  # (B, K)
 
 
 class _Recorder:
@@ -262,15 +292,15 @@ class _Recorder:
             self.predictions[n][t] = pred.clone() if self.copy else pred
 
     def add_terms(self, n, t, new, feedforward, prediction, state, grad, coef):
+        """Relative size of each term of eq. eq-update, from :func:`pcnet.dynamics.update_terms`."""
         if "terms" not in self.record:
             return
+        terms = dynamics.update_terms(state, feedforward=feedforward, prediction=prediction, error_grad=grad,
+                                      **coef["at"][n])
         with torch.no_grad():
             norm = new.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
-            parts = {"feedforward": coef["beta"][n] * feedforward, "memory": (1 - coef["beta"][n] - coef["lam"][n]) * state,
-                     "feedback": None if prediction is None else coef["lam"][n] * prediction,
-                     "error": None if grad is None else coef["alpha"][n] * grad}
-            for k, v in parts.items():
-                self.terms[k][t - 1, n] = 0.0 if v is None else float((v.flatten(1).norm(dim=1) / norm).mean())
+            for k, (c, v) in terms.items():
+                self.terms[k][t - 1, n] = 0.0 if v is None else float(((c * v).flatten(1).norm(dim=1) / norm).mean())
 
     def trace(self, logits, final_states):
         out = Trace(logits=logits)

@@ -12,29 +12,34 @@ from torch import nn
 
 from . import decoders as dec
 
-ERROR_SCALES = ("projective", "mean")
+
+def update_terms(state, *, feedforward, prediction, error_grad, beta, lam, alpha) -> dict:
+    """Eq. eq-update as its four terms, name -> (coefficient, tensor or None when the term is absent):
+
+    e_n(t+1) = beta F_n(e_{n-1}(t+1)) + lam D_{n+1}(e_{n+1}(t)) + (1 - beta - lam) e_n(t) - alpha grad eps_{n-1}(t).
+
+    ``prediction`` is None for the top PCoder (no feedback); ``error_grad`` None when alpha = 0.
+    """
+    return {"feedforward": (beta, feedforward),  # eq-feedforward
+            "memory": (1 - beta - lam, state),  # eq-memory
+            "feedback": (lam, prediction),  # eq-feedback
+            "error": (-alpha, error_grad)}  # eq-error-grad
 
 
 def update_state(state, *, feedforward, prediction, error_grad, beta, lam, alpha, out=None):
-    """Eq. eq-update: e_n(t+1) = beta F_n(e_{n-1}(t+1)) + lam D_{n+1}(e_{n+1}(t))
-    + (1 - beta - lam) e_n(t) - alpha grad eps_{n-1}(t).
+    """Eq. eq-update: the sum of :func:`update_terms`, e_n(t+1), shape (B, C, H, W).
 
-    ``prediction`` is None for the top PCoder (no feedback); ``error_grad`` None means the term is 0.
-    Coefficients are floats or 0-dim tensors (differentiable when learnable); without grad mode they
-    must be floats, and ``out`` (a tensor shaped like ``state``, distinct from the inputs) may receive the result.
+    Coefficients are floats or 0-dim tensors (differentiable when learnable). ``out`` (no grad mode, float
+    coefficients): a buffer shaped like ``state``, distinct from the inputs, that receives the same sum.
     """
-    if not torch.is_grad_enabled():  # the same sum accumulated in one buffer (no graph to keep intact)
-        new = torch.mul(feedforward, beta, out=out).add_(state, alpha=1 - beta - lam)  # (B, C, H, W)
-        if prediction is not None:
-            new.add_(prediction, alpha=lam)
-        if error_grad is not None:
-            new.sub_(error_grad, alpha=alpha)
-        return new
-    new = beta * feedforward + (1 - beta - lam) * state  # (B, C, H, W): eq-feedforward + eq-memory
-    if prediction is not None:
-        new = new + lam * prediction  # eq-feedback
-    if error_grad is not None:
-        new = new - alpha * error_grad  # eq-error-grad
+    terms = update_terms(state, feedforward=feedforward, prediction=prediction, error_grad=error_grad,
+                         beta=beta, lam=lam, alpha=alpha)
+    (c0, v0), *rest = [(c, v) for c, v in terms.values() if v is not None]
+    if out is None:
+        return sum((c * v for c, v in rest), c0 * v0)  # (B, C, H, W)
+    new = torch.mul(v0, c0, out=out)  # (B, C, H, W): the same sum accumulated in one buffer
+    for c, v in rest:
+        new.add_(v, alpha=c)
     return new
 
 
@@ -50,24 +55,27 @@ def error_scale(*, mode: str, projective_field: float, batch: int, numel: int) -
     per sample, independent of batch size. ``"mean"``: 1/(B K), the original package's gradient of a mean
     over the whole batch (K elements per sample), which shrinks with batch and tensor size.
     """
-    if mode == "projective":
-        return 1.0 / math.sqrt(projective_field)
-    if mode == "mean":
-        return 1.0 / (batch * numel)
-    raise ValueError(f"error_scale must be one of {ERROR_SCALES}, got {mode!r}")
+    scales = {"projective": lambda: 1.0 / math.sqrt(projective_field), "mean": lambda: 1.0 / (batch * numel)}
+    if mode not in scales:
+        raise ValueError(f"error_scale must be one of {tuple(scales)}, got {mode!r}")
+    return scales[mode]()
 
 
 def error_gradient(decoder: nn.Module, state, target, *, scale: float, create_graph: bool):
     """Eq. eq-error-grad by autograd: scale * grad_{e_n} sum_b eps_{n-1}(t); returns (prediction, grad).
 
-    With ``create_graph`` the gradient is itself differentiable (w.r.t. input and hyperparameters).
+    With ``create_graph`` the gradient is itself differentiable (w.r.t. input and hyperparameters); without it
+    the gradient is a constant for backpropagation, while the prediction keeps its graph in grad mode.
     """
+    keep = create_graph and state.requires_grad
     with torch.enable_grad():
-        leaf = state if state.requires_grad else state.detach().requires_grad_()
+        leaf = state if keep else state.detach().requires_grad_()
         prediction = decoder(leaf)  # (B, C', H', W')
         total = reconstruction_error(target, prediction).sum() * scale
-        (grad,) = torch.autograd.grad(total, leaf, create_graph=create_graph)
-    return prediction, grad  # grad: (B, C, H, W)
+        (grad,) = torch.autograd.grad(total, leaf, create_graph=create_graph)  # (B, C, H, W)
+    if not keep and state.requires_grad and torch.is_grad_enabled():
+        prediction = decoder(state)  # (B, C', H', W'): the feedback of the layer below still carries gradients
+    return prediction, grad
 
 
 def error_gradient_adjoint(decoder: nn.Sequential, state, target, *, scale: float, workspace: dict | None = None):

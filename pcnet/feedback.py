@@ -11,9 +11,9 @@ def feedback_loss(net, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     The backbone pass runs without gradients, so only the decoders can learn. Returns the total loss
     (scalar, differentiable) and the per-layer losses (N,), detached.
     """
-    net._check_input(x)
+    net.check_input(x)
     with torch.no_grad():
-        states, _ = net._feedforward(x)  # e_n(0) for every PCoder
+        states, _ = net.feedforward(x)  # e_n(0) for every PCoder
     targets = [x] + states[:-1]
     losses = torch.stack([F.mse_loss(d(s), tgt) for d, s, tgt in zip(net.decoders, states, targets)])  # (N,)
     return losses.sum(), losses.detach()

@@ -104,7 +104,7 @@ def bench(name, build, *, batch, timesteps, repeats, profile=False):
     backbone, t0, full = timed_together([lambda: net.backbone(x), lambda: net(x, timesteps=0),
                                          lambda: net(x, timesteps=timesteps)], repeats=repeats)
     per_step = (full - t0) / timesteps
-    states, _ = net._feedforward(x)
+    states, _ = net.feedforward(x)
     backbone_macs = conv_macs(net.backbone, x)
     decoder_macs = sum(conv_macs(d, s) for d, s in zip(net.decoders, states))
     executed_macs = sum(executed_decoder_macs(d, s) for d, s in zip(net.decoders, states))

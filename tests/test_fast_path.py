@@ -105,7 +105,7 @@ def test_fast_path_leaves_its_inputs_alone():
     net, x = shallow(alpha=0.05), torch.rand(2, 3, 32, 32)
     before = x.clone()
     with torch.no_grad():
-        states, _ = net._feedforward(x)
+        states, _ = net.feedforward(x)
         kept = [s.clone() for s in states]
         net(x, timesteps=3)
         for decoder, state, target in zip(net.decoders, states, [x] + states[:-1]):
@@ -172,7 +172,7 @@ def test_benchmark_counts_the_macs_a_timestep_runs():
     net = presets.pshallow_cifar()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        states, _ = net._feedforward(x)
+        states, _ = net.feedforward(x)
         suffix = wiring.sequential_suffix(net.backbone, net.layers[0])
         conv1 = 32 * 32 * 12 * 3 * 25
         conv2, conv3, head = 16 * 16 * 18 * 12 * 25, 8 * 8 * 24 * 18 * 25, 384 * 120 + 120 * 10  # by hand

@@ -13,12 +13,11 @@ network's own). Its ``gradient`` option chooses what the attacker differentiates
   as the original Predify package computes it (``autograd.grad`` without ``create_graph``).
 
 The BPDA variants are a custom forward/backward: ``surrogate + (value - surrogate).detach()`` has the value of
-the dynamics and the gradient of the surrogate. The last two patch ``pcnet.dynamics`` inside a context manager
-(restored on exit) so that the core's own code runs.
+the dynamics and the gradient of the surrogate. The last two are options of the core's own run
+(``truncate``, ``detach_error``; see :meth:`pcnet.PredNet.run`), read out by :meth:`pcnet.PredNet.at_timestep`.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
@@ -26,39 +25,6 @@ from torch import nn
 
 GRADIENTS = ("full", "feedforward", "last-k", "detached-error")
 ATTACKS = ("apgd-ce", "apgd-dlr", "square", "pgd", "bim-targeted")
-
-
-@contextlib.contextmanager
-def _patched_dynamics(*, n_layers: int, detach_before: int = 0, detach_error: bool = False):
-    """Temporarily wrap pcnet.dynamics.update_state / error_gradient used by the core.
-
-    ``detach_before``: states produced at timesteps t <= detach_before are detached (truncated BPTT).
-    ``detach_error``: the error gradient carries no graph (it is a constant for backpropagation).
-    """
-    from pcnet import dynamics
-    update, error_gradient = dynamics.update_state, dynamics.error_gradient
-    calls = [0]
-
-    def update_state(*args, **kwargs):
-        t = calls[0] // n_layers + 1  # the core calls update_state once per PCoder per timestep
-        calls[0] += 1
-        new = update(*args, **kwargs)
-        return new.detach() if t <= detach_before else new
-
-    def detached_error_gradient(decoder, state, target, *, scale, create_graph):
-        with torch.enable_grad():
-            leaf = state.detach().requires_grad_()
-            total = dynamics.reconstruction_error(target.detach(), decoder(leaf)).sum() * scale
-            (grad,) = torch.autograd.grad(total, leaf)  # no create_graph: a constant for backpropagation
-        return decoder(state), grad  # the prediction keeps its graph (it is the feedback of the layer below)
-
-    dynamics.update_state = update_state
-    if detach_error:
-        dynamics.error_gradient = detached_error_gradient
-    try:
-        yield
-    finally:
-        dynamics.update_state, dynamics.error_gradient = update, error_gradient
 
 
 class TimestepLogits(nn.Module):
@@ -77,22 +43,17 @@ class TimestepLogits(nn.Module):
             raise ValueError(f"gradient='last-k' needs 1 <= k <= timestep={timestep}, got k={k}")
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
         self.timestep, self.feedback, self.gradient, self.k = int(timestep), feedback, gradient, k
-
-    def dynamics(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x, timesteps=self.timestep, feedback=self.feedback)[self.timestep]  # (B, K)
+        self.dynamics = self.net.at_timestep(self.timestep, feedback=feedback)  # x -> (B, K)
+        options = {"last-k": {"truncate": self.timestep - (k or 0)}, "detached-error": {"detach_error": True}}
+        self.surrogate = (self.net.at_timestep(0) if gradient == "feedforward"
+                          else self.net.at_timestep(self.timestep, feedback=feedback, **options.get(gradient, {})))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gradient == "full" or not torch.is_grad_enabled() or self.timestep == 0:
             return self.dynamics(x)  # (B, K)
         with torch.no_grad():
             value = self.dynamics(x)  # (B, K), fast path
-        if self.gradient == "feedforward":
-            surrogate = self.net(x, timesteps=0)[0]  # (B, K), the backbone
-        else:
-            n = len(self.net.layers)
-            before = self.timestep - self.k if self.gradient == "last-k" else 0
-            with _patched_dynamics(n_layers=n, detach_before=before, detach_error=self.gradient == "detached-error"):
-                surrogate = self.dynamics(x)  # (B, K)
+        surrogate = self.surrogate(x)  # (B, K): what backpropagation differentiates
         return surrogate + (value - surrogate).detach()  # value of the dynamics, gradient of the surrogate
 
 
