@@ -17,7 +17,7 @@ from torch import nn
 from . import dynamics, fast, wiring
 
 RECORDABLE = ("errors", "states", "predictions", "terms")
-FEEDBACK = ("prediction", "zero")
+FEEDBACK = ("prediction", "zero", "shuffled", "mean")
 
 
 @dataclass
@@ -58,13 +58,17 @@ class PredNet(nn.Module):
             detach_error: bool = False, truncate: int = 0, reference: bool = False) -> Trace:
         """Run the dynamics and return a :class:`Trace` with the quantities named in ``record``.
 
-        ``feedback="zero"`` replaces every prediction in eq. eq-update by 0 (a control). What backpropagation sees
+        ``feedback``: "prediction" (eq. eq-update), or a control of the feedback's content (:meth:`feedback_of`):
+        "zero", "shuffled" or "mean", at the same beta, lam, alpha. What backpropagation sees
         (grad mode): ``detach_error`` makes the error term a constant (as the original package computes it);
         ``truncate=k`` makes the states of timesteps 1..k constants (backpropagation through the last T-k steps).
         Without gradients :mod:`pcnet.fast` runs, unless ``reference`` asks for the methods of this class.
         """
         self.check_input(x)
         steps, record = self._check_options(timesteps, feedback, record, truncate)
+        if feedback in ("shuffled", "mean") and x.shape[0] < 2:
+            raise ValueError(f"feedback={feedback!r} mixes predictions across the batch; pass at least 2 images "
+                             f"(random batches of 100 or more for 'mean'), got a batch of {x.shape[0]}")
         use_reference = reference or torch.is_grad_enabled()
         rec = _Recorder(record, steps, len(self.layers), copy=not use_reference)
         if use_reference:
@@ -195,10 +199,13 @@ class PredNet(nn.Module):
 
     @staticmethod
     def feedback_of(predictions, feedback: str) -> list:
-        """The feedback term of each PCoder n: D_{n+1}(e_{n+1}(t)), None at the top (and for ``"zero"``)."""
-        if feedback == "zero":
-            return [None] * len(predictions)
-        return list(predictions[1:]) + [None]
+        """The feedback term of each PCoder n: D_{n+1}(e_{n+1}(t)), None at the top; or a control of its content:
+        ``"zero"`` (none), ``"shuffled"`` (the prediction made for the next image of the batch) or ``"mean"`` (the
+        batch's mean prediction, the same for every image: with random batches an estimate of the data set's)."""
+        controls = {"prediction": lambda p: p, "zero": lambda p: None,
+                    "shuffled": lambda p: p.roll(1, dims=0),  # (B, C, H, W): image b gets image b-1's
+                    "mean": lambda p: p.mean(0, keepdim=True).expand_as(p)}  # (B, C, H, W)
+        return [None if p is None else controls[feedback](p) for p in predictions[1:]] + [None]
 
     def scale_of(self, n: int, target: torch.Tensor) -> float:
         """The error scale s_n of eq. eq-error-grad for PCoder n (see :func:`pcnet.dynamics.error_scale`)."""

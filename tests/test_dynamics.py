@@ -103,3 +103,22 @@ def test_fixed_point_scale_is_reached_by_zero_prediction_control():
     assert trace.states[0][-1].item() == pytest.approx(scale * W1, rel=1e-9)
     # the fixed-rescale control reaches the same first-layer value in one pass
     assert pcnet.rescaled_forward(net, x, scale=[scale, 1.0]).item() == pytest.approx(scale * W1 * W2, rel=1e-12)
+
+
+@pytest.mark.parametrize("feedback, expected", [("prediction", [3.0, 6.0]), ("shuffled", [6.0, 3.0]),
+                                                ("mean", [4.5, 4.5]), ("zero", [0.0, 0.0])])
+def test_feedback_content_controls_by_hand(feedback, expected):
+    """Two images x = 1, 2: e2(0) = W2 W1 x = 6, 12 and D2 e2(0) = 3, 6. With beta = 0, lam_1 = 1, alpha = 0
+    the first state after one step is the feedback term alone: own, the other image's, the mean, or 0."""
+    net = scalar_net(beta=0.0, lam=[1.0, 0.0], alpha=0.0)
+    x = torch.tensor([X, 2 * X], dtype=torch.float64).view(2, 1, 1, 1)
+    for reference in (False, True):
+        with torch.no_grad():
+            trace = net.run(x, timesteps=1, feedback=feedback, record=("states",), reference=reference)
+        assert trace.states[0][1].flatten().tolist() == expected
+
+
+def test_batch_controls_need_two_images():
+    net = scalar_net()
+    with pytest.raises(ValueError, match="at least 2 images"):
+        net(torch.ones(1, 1, 1, 1, dtype=torch.float64), timesteps=1, feedback="shuffled")
