@@ -54,3 +54,14 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in extras))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["(3, 2, 3)", "[]"], out.stdout
+
+
+def test_typed_marker_and_api_page_cover_the_package():
+    root = pathlib.Path(pcnet.__file__).parent
+    assert (root / "py.typed").is_file()
+    api = (root.parent / "book" / "api.md").read_text()
+    helpers = sorted(p.stem for p in (root / "experiments").glob("*.py") if p.stem != "__init__")
+    missing = [m for m in helpers if f"automodule:: pcnet.experiments.{m}\n" not in api]
+    assert not missing, f"book/api.md lacks these pcnet.experiments modules: {missing}"
+    for core in ("dynamics", "fast", "decoders", "hparams", "wiring"):
+        assert f"automodule:: pcnet.{core}\n" in api

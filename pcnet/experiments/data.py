@@ -1,6 +1,7 @@
 """Data sources for the book: offline first, standard downloads where a network exists.
 
 Offline (no internet needed):
+
 - Fashion-MNIST (real photos, 60k/10k), from ``data/``, the Debian package ``dataset-fashion-mnist``,
   or torchvision's download, in that order; file contents are checked against fixed sha256 sums.
 - ``natural_photos``: a few real photos shipped by scikit-image, matplotlib (and scikit-learn if installed).
