@@ -155,6 +155,10 @@ def test_paired_bootstrap_difference():
     assert float(est) == pytest.approx(0.25) and 0 < float(lo) < 0.25 < float(hi) < 0.5
     same = S.paired_bootstrap(a, a)
     assert float(same.estimate) == float(same.low) == float(same.high) == 0.0
+    one_flip = torch.zeros(40, dtype=torch.bool)
+    one_flip[0] = True  # one image of 40 differs: the image interval must include 0
+    _, lo, hi = S.paired_bootstrap(one_flip, torch.zeros(40, dtype=torch.bool))
+    assert float(lo) <= 0 < float(hi)
     rows = S.paired_bootstrap(torch.stack([a, b]), torch.stack([b, b]))  # leading dims kept
     assert rows.estimate.tolist() == pytest.approx([0.25, 0.0])
 
