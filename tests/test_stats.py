@@ -141,6 +141,15 @@ def test_bca_counts_ties_half():
     assert float(r.low) + float(r.high) == pytest.approx(1.0, abs=0.02)
 
 
+def test_bca_end_with_large_acceleration_goes_to_the_extreme():
+    # 1 - a (z0 + z) <= 0: the BCa formula would wrap around to a low quantile; the end goes to the maximum
+    theta_b, zero = torch.arange(100.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    assert float(S._bca_end(theta_b, zero, torch.tensor(0.9, dtype=torch.float64), 1.96)) == 99.0
+    assert float(S._bca_end(theta_b, zero, torch.tensor(-0.9, dtype=torch.float64), -1.96)) == 0.0
+    # a null far below every resample is rejected outright rather than wrapped to a moderate p
+    assert float(S._bca_p(theta_b, zero, torch.tensor(0.9, dtype=torch.float64), -5.0)) == 0.0
+
+
 def test_bootstrap_p_inverts_the_interval():
     x = torch.tensor(np.random.default_rng(2).normal(0.3, 1.0, size=80))
     r = S.bootstrap(lambda v: v.mean(-1), x, n_boot=4000, seed=3)

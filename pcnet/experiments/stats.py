@@ -36,11 +36,6 @@ def _check_level(value: float, name: str) -> None:
         raise ValueError(f"{name} must lie strictly between 0 and 1 (e.g. 0.95), got {value}")
 
 
-def _check_probability(value: float, name: str) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} is a probability and must lie in [0, 1], got {value}")
-
-
 def _check_n(n: int, name: str = "n", minimum: int = 1) -> None:
     if isinstance(n, bool) or int(n) != n or n < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {n}")
@@ -55,8 +50,8 @@ def _binary(x, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be 1-d, one outcome per image; got shape {tuple(t.shape)}")
     if t.dtype != torch.bool:
         if not ((t == 0) | (t == 1)).all():
-            bad = t[(t != 0) & (t != 1)][:3].tolist()
-            raise ValueError(f"{name} must be binary (bool or 0/1 'correct' per image); found values {bad}")
+            raise ValueError(f"{name} must be binary (bool or 0/1 'correct' per image); found values "
+                             f"{t[(t != 0) & (t != 1)][:3].tolist()}")
         t = t != 0
     return t
 
@@ -129,8 +124,7 @@ def newcombe_interval(n11: int, n10: int, n01: int, n00: int, *, confidence: flo
 # --------------------------------------------------------------------------- paired image bootstrap (BCa)
 @dataclass(frozen=True)
 class BootstrapResult:
-    """BCa bootstrap of a statistic: estimate, interval ends and bootstrap SE (tensors of the statistic's
-    shape), and the two-sided p-value of ``null`` from inverting the BCa interval (NaN without a null)."""
+    """Estimate, BCa interval ends, bootstrap SE and the two-sided p of ``null`` (NaN without one)."""
     estimate: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
@@ -189,6 +183,24 @@ def _below(theta_b: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return share.clamp(0.5 / b, 1 - 0.5 / b)
 
 
+def _bca_end(theta_b: torch.Tensor, z0: torch.Tensor, acc: torch.Tensor, z_tail: float) -> torch.Tensor:
+    """BCa interval end: the bootstrap quantile at level Phi(z0 + (z0 + z) / (1 - a (z0 + z))).
+    Where 1 - a (z0 + z) <= 0 the level is pushed to the extreme of its side (0 or 1)."""
+    z = z0 + z_tail
+    den = 1 - acc * z
+    extreme = torch.full_like(z, float(z_tail > 0))
+    level = torch.where(den > 0, torch.special.ndtr(z0 + z / den.clamp_min(1e-12)), extreme)
+    return _quantile_each(theta_b.sort(0).values, level)
+
+
+def _bca_p(theta_b: torch.Tensor, z0: torch.Tensor, acc: torch.Tensor, null: float) -> torch.Tensor:
+    """Two-sided p-value of ``null``: the BCa interval inverted (the level at which ``null`` is an end)."""
+    w = torch.special.ndtri(_below(theta_b, torch.tensor(null, dtype=torch.float64))) - z0
+    den = 1 + acc * w
+    tail = torch.where(den > 0, torch.special.ndtr(w / den.clamp_min(1e-12) - z0), (w > 0).double())
+    return (2 * torch.minimum(tail, 1 - tail)).clamp(max=1.0)
+
+
 def bootstrap(statistic: Callable[..., torch.Tensor], *samples, n_boot: int = 2000, confidence: float = 0.95,
               seed: int = 0, null: float | None = None, groups: int = 1000) -> BootstrapResult:
     """Paired image bootstrap with a BCa interval; deterministic given ``seed``.
@@ -218,18 +230,11 @@ def bootstrap(statistic: Callable[..., torch.Tensor], *samples, n_boot: int = 20
                          "denominator); use a statistic defined on every resample")
     d = (lambda t: t.mean(0) - t)(_jackknife(statistic, samples, n, groups, g))  # (G, *k)
     den = 6 * (d ** 2).sum(0) ** 1.5
-    acc = torch.where(den > 0, (d ** 3).sum(0) / den.clamp_min(1e-300), torch.zeros_like(den))
-    z0 = torch.special.ndtri(_below(theta_b, estimate))
-    ends = []
-    for tail in (0.5 - confidence / 2, 0.5 + confidence / 2):
-        z = z0 + _NORMAL.inv_cdf(tail)
-        ends.append(_quantile_each(theta_b.sort(0).values, torch.special.ndtr(z0 + z / (1 - acc * z))))
-    p = torch.full_like(estimate, float("nan"))
-    if null is not None:
-        w = torch.special.ndtri(_below(theta_b, torch.tensor(null, dtype=torch.float64))) - z0
-        tail = torch.special.ndtr(w / (1 + acc * w) - z0)
-        p = (2 * torch.minimum(tail, 1 - tail)).clamp(max=1.0)
-    return BootstrapResult(estimate, ends[0], ends[1], theta_b.std(0), p)
+    acc = torch.where(den > 0, (d ** 3).sum(0) / den.clamp_min(1e-300), torch.zeros_like(den))  # acceleration
+    z0 = torch.special.ndtri(_below(theta_b, estimate))  # bias correction
+    low, high = (_bca_end(theta_b, z0, acc, _NORMAL.inv_cdf(0.5 + side * confidence / 2)) for side in (-1, 1))
+    p = torch.full_like(estimate, float("nan")) if null is None else _bca_p(theta_b, z0, acc, null)
+    return BootstrapResult(estimate, low, high, theta_b.std(0), p)
 
 
 def paired_bootstrap(a, b, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
@@ -281,9 +286,9 @@ def _one_of(discordance: float | None, sd: float | None) -> None:
     if (discordance is None) == (sd is None):
         raise ValueError("give exactly one of discordance= (share of images the two conditions classify "
                          "differently, for paired binary outcomes) or sd= (SD of the per-image difference)")
-    if discordance is not None:
-        _check_probability(discordance, "discordance")
-    elif not sd > 0:
+    if discordance is not None and not 0 <= discordance <= 1:
+        raise ValueError(f"discordance is a probability and must lie in [0, 1], got {discordance}")
+    if sd is not None and not sd > 0:
         raise ValueError(f"sd must be > 0, got {sd}")
 
 
@@ -396,19 +401,20 @@ class Verdict:
         bound = self.high - self.null if self.higher_is_better else self.null - self.low
         return f"no detectable effect: any gain is below {max(bound, 0.0):.{self.digits}f} {self.unit}".rstrip()
 
+    def _interval(self, unit: str = "") -> str:
+        return format_interval((self.estimate, self.low, self.high), digits=self.digits, signed=self.null == 0,
+                               unit=unit)
+
     def as_row(self) -> dict:
         """A flat dict for a pandas table of a family."""
         return {"contrast": self.contrast, "n": self.n, "MDE": round(self.mde, self.digits),
-                "estimate [95% interval]": format_interval((self.estimate, self.low, self.high), digits=self.digits,
-                                                           signed=self.null == 0),
-                "test": self.test, "p": self.p, "Holm p": self.p_holm, "verdict": self.phrase}
+                "estimate [interval]": self._interval(), "test": self.test, "p": self.p, "Holm p": self.p_holm,
+                "verdict": self.phrase}
 
     def __str__(self) -> str:
         holm_p = "" if self.p_holm is None else f", Holm p = {self.p_holm:.3g}"
-        iv = format_interval((self.estimate, self.low, self.high), digits=self.digits, signed=self.null == 0,
-                             unit=self.unit)
-        return (f"{self.contrast}: {iv} (n = {self.n}, MDE {self.mde:.{self.digits}f}; {self.test} "
-                f"p = {self.p:.3g}{holm_p}): {self.phrase}")
+        return (f"{self.contrast}: {self._interval(self.unit)} (n = {self.n}, MDE {self.mde:.{self.digits}f}; "
+                f"{self.test} p = {self.p:.3g}{holm_p}): {self.phrase}")
 
 
 def paired_proportions(a, b, *, contrast: str, confidence: float = 0.95, alpha: float = 0.05, power: float = 0.8,
