@@ -1,5 +1,6 @@
 """pcnet.experiments.stats against statsmodels / scipy reference values, published examples and hand counts."""
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -123,14 +124,17 @@ def test_paired_bca_ratio_matches_scipy_and_is_deterministic():
 def test_bootstrap_mce_ratio_grouped_jackknife_and_p():
     g = torch.Generator().manual_seed(0)
     correct = torch.rand(3, 2, 2, 400, generator=g) < torch.tensor([0.6, 0.7]).view(1, 1, 2, 1)  # (C, S, T+1, n)
-    mce_ratio = lambda c: metrics.normalised_mce(c.float().mean(-1))[..., -1]  # noqa: E731
+    # Hendrycks & Dietterich's mCE relative to the own t = 0: the mean over corruptions of CE_c(T) / CE_c(0)
+    mce_ratio = lambda c: metrics.normalised_ce(c.float().mean(-1))[..., -1].mean(-1)  # noqa: E731
     full = S.bootstrap(mce_ratio, correct, n_boot=2000, null=1.0, groups=400)  # ordinary jackknife
     grouped = S.bootstrap(mce_ratio, correct, n_boot=2000, null=1.0, groups=50)
-    assert float(full.estimate) == pytest.approx(float(metrics.normalised_mce(correct.float().mean(-1))[-1]))
+    assert float(full.estimate) == pytest.approx(float(metrics.normalised_ce(correct.float().mean(-1))[:, -1].mean()))
     assert float(full.high) < 1 and float(full.p) < 0.01  # errors fall from 0.4 to 0.3: a clear reduction
     assert float(grouped.low) == pytest.approx(float(full.low), abs=0.01)
     v = S.bootstrap_verdict(mce_ratio, correct, contrast="mCE ratio", null=1.0, higher_is_better=False)
-    assert v.effect == "gain" and v.n == 400 and v.mde == pytest.approx(2.8016 * float(full.se), rel=0.01)
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)  # two-sided 5 %, 80 % power
+    assert v.effect == "gain" and v.n == 400 and v.mde == pytest.approx(z * float(full.se), rel=1e-9)
+    assert str(v).startswith(f"mCE ratio: {float(full.estimate):.3f} [{float(full.low):.3f}, {float(full.high):.3f}]")
 
 
 def test_bca_counts_ties_half():

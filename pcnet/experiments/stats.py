@@ -208,7 +208,8 @@ def bootstrap(statistic: Callable[..., torch.Tensor], *samples, n_boot: int = 20
     ``samples`` are tensors whose last dimension indexes the same n images (e.g. correctness (C, S, T+1, n)).
     Each resample draws n image indices with replacement and applies them to every sample alike (pairing kept).
     ``statistic(*resampled)`` receives tensors with a leading resample dimension, (B, ..., n), and returns (B,)
-    or (B, *k); e.g. the mCE ratio ``lambda c: metrics.normalised_mce(c.float().mean(-1))[..., -1]``.
+    or (B, *k); e.g. mCE as the mean of per-corruption ratios CE_c(T) / CE_c(0), from correctness (C, S, T+1, n):
+    ``lambda c: metrics.normalised_ce(c.float().mean(-1))[..., -1].mean(-1)``.
     Bias correction z0 counts ties half; the acceleration comes from a jackknife over ``groups`` random groups
     of images (the ordinary jackknife when n <= groups). ``null``: also return the two-sided p-value of the
     null value, from the BCa interval inverted (resolution about 1 / n_boot).
@@ -431,7 +432,8 @@ def paired_proportions(a, b, *, contrast: str, confidence: float = 0.95, alpha: 
 
 def bootstrap_verdict(statistic: Callable[..., torch.Tensor], *samples, contrast: str, null: float = 0.0,
                       higher_is_better: bool = True, scale: float = 1.0, unit: str = "", alpha: float = 0.05,
-                      power: float = 0.8, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> Verdict:
+                      power: float = 0.8, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+                      digits: int = 3) -> Verdict:
     """Verdict on a scalar statistic by the paired BCa bootstrap (:func:`bootstrap`): p from the inverted
     interval at ``null``, MDE = (z_{1-alpha/2} + z_power) x bootstrap SE. ``scale`` multiplies the reported
     values (not ``null``'s role: pass null in the statistic's own units)."""
@@ -441,7 +443,7 @@ def bootstrap_verdict(statistic: Callable[..., torch.Tensor], *samples, contrast
     za, zb = _z_sum(alpha, power)
     return Verdict(contrast, torch.as_tensor(samples[0]).shape[-1], scale * float(r.estimate), scale * float(r.low),
                    scale * float(r.high), scale * (za + zb) * float(r.se), "BCa bootstrap", float(r.p), alpha=alpha,
-                   null=scale * null, higher_is_better=higher_is_better, unit=unit)
+                   null=scale * null, higher_is_better=higher_is_better, unit=unit, digits=digits)
 
 
 def holm_family(verdicts: Sequence[Verdict]) -> list[Verdict]:
