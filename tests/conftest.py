@@ -1,6 +1,8 @@
-"""Shared pytest setup: the repository on sys.path, and the options of the chapter runs."""
+"""Shared pytest setup: the repository on sys.path, the options of the chapter runs, shared fixtures."""
 import pathlib
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "scripts"):
@@ -14,3 +16,12 @@ def pytest_addoption(parser):
                     help="execute every chapter of _toc.yml once in smoke mode (PCNET_SMOKE=1)")
     group.addoption("--chapters-out", default=str(ROOT / "_build" / "src"),
                     help="site source tree that receives the executed chapters")
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """An empty temporary directory standing in for the repository's data/ (``pcnet.experiments.data.DATA_DIR``)."""
+    from pcnet.experiments import data
+
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    return tmp_path

@@ -1,6 +1,5 @@
-"""Tests for pcnet.experiments.evaluate: corruptions, accuracy per timestep, correlation distance, intervals."""
+"""Tests for pcnet.experiments.evaluate: corruptions, accuracy per timestep, correlation distance."""
 import functools
-import math
 
 import pytest
 import torch
@@ -63,13 +62,13 @@ def test_noise_rejects_bad_input():
 
 
 # ----------------------------------------------------------------------------- accuracy per timestep
-def test_accuracy_per_timestep_matches_manual_loop():
+def test_dynamics_accuracy_matches_manual_loop():
     net = tiny_prednet()
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(50, 1, 8, 8, generator=g), torch.randint(0, 3, (50,), generator=g)
     data = TensorDataset(x, y)
     corrupt = functools.partial(E.gaussian_noise, sigma=0.2)
-    acc = E.accuracy_per_timestep(net, data, timesteps=4, corrupt=corrupt, batch_size=16, seed=7, progress=False)
+    acc = E.evaluate_dynamics(net, data, timesteps=4, corrupt=corrupt, batch_size=16, seed=7, progress=False).accuracy
     # manual: same batches, same noise stream
     gen, hits = torch.Generator().manual_seed(7), torch.zeros(5)
     with torch.no_grad():
@@ -80,10 +79,10 @@ def test_accuracy_per_timestep_matches_manual_loop():
     assert acc.shape == (5,)
     torch.testing.assert_close(acc, hits / 50)
     # a DataLoader is accepted as well, and the zero-feedback control runs through the same code
-    acc_loader = E.accuracy_per_timestep(net, DataLoader(data, batch_size=16), timesteps=4, corrupt=corrupt,
-                                         seed=7, progress=False)
+    acc_loader = E.evaluate_dynamics(net, DataLoader(data, batch_size=16), timesteps=4, corrupt=corrupt,
+                                     seed=7, progress=False).accuracy
     torch.testing.assert_close(acc_loader, acc)
-    zero = E.accuracy_per_timestep(net, data, timesteps=4, feedback="zero", progress=False)
+    zero = E.evaluate_dynamics(net, data, timesteps=4, feedback="zero", progress=False).accuracy
     with torch.no_grad():
         manual_zero = (net(x, timesteps=4, feedback="zero").argmax(-1) == y).float().mean(1)
     torch.testing.assert_close(zero, manual_zero)
@@ -157,31 +156,3 @@ def test_state_distance_over_time_is_zero_for_identical_inputs():
                                         reference="clean-t0", feedback="zero")
     assert d.shape == (4, 2) and d.abs().max() < 1e-5
     assert d0.shape == (4, 2) and (d0[0] > 0).all()
-
-
-# ----------------------------------------------------------------------------- intervals
-def test_mean_interval_hand_values():
-    # values 1, 2, 3: mean 2, sd 1, t(0.975, df=2) = 4.302652729749464 (tables: 4.303)
-    m, lo, hi = E.mean_interval([1.0, 2.0, 3.0])
-    half = 4.302652729749464 / math.sqrt(3)
-    assert m.item() == pytest.approx(2.0)
-    assert lo.item() == pytest.approx(2 - half) and hi.item() == pytest.approx(2 + half)
-    # per column over dim 0, and a 90% interval: t(0.95, df=3) = 2.353363434801823
-    v = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0], [6.0, 1.0]])
-    m, lo, hi = E.mean_interval(v, confidence=0.90)
-    sd = math.sqrt(((9 + 1 + 1 + 9) / 3))
-    torch.testing.assert_close(hi - m, torch.tensor([2.353363434801823 * sd / 2, 0.0], dtype=torch.float64))
-    m, lo, hi = E.mean_interval([0.7])
-    assert m.item() == pytest.approx(0.7) and math.isnan(lo.item()) and math.isnan(hi.item())
-
-
-def test_bootstrap_interval():
-    c = torch.tensor([True] * 80 + [False] * 20)
-    est, lo, hi = E.bootstrap_interval(c, n_boot=4000, seed=0)
-    assert est.item() == pytest.approx(0.8)
-    # normal approximation: sd = sqrt(.8 * .2 / 100) = 0.04, so the 95% interval is about 0.8 -/+ 0.078
-    assert lo.item() == pytest.approx(0.8 - 0.078, abs=0.015) and hi.item() == pytest.approx(0.8 + 0.078, abs=0.015)
-    est, lo, hi = E.bootstrap_interval(c, c, seed=0)  # a paired difference with itself is exactly zero
-    assert est.item() == lo.item() == hi.item() == 0.0
-    e2, _, _ = E.bootstrap_interval(torch.stack([c, ~c]), seed=0)  # leading dims are kept
-    torch.testing.assert_close(e2, torch.tensor([0.8, 0.2], dtype=torch.float64))

@@ -31,15 +31,6 @@ def test_ce_mce_and_normalised_by_hand():
     assert M.normalised_mce(seeds).shape == (2, 2)
 
 
-def test_mean_interval_by_hand():
-    v = torch.tensor([1.0, 2.0, 3.0])
-    mean, lo, hi = M.mean_interval(v)
-    half = 4.302652729911275 * 1.0 / 3 ** 0.5  # t_{0.975, 2} * s / sqrt(n), s = 1
-    assert float(mean) == 2.0 and abs(float(hi) - 2.0 - half) < 1e-9 and abs(float(lo) - 2.0 + half) < 1e-9
-    one = M.mean_interval(torch.tensor([[5.0, 6.0]]))
-    assert torch.equal(one[1], one[0]) and torch.equal(one[2], one[0])
-
-
 def test_correct_and_accuracy_grid():
     labels = torch.tensor([0, 1, 0, 1])
 
@@ -59,18 +50,3 @@ def test_correct_and_accuracy_grid():
     assert torch.allclose(grid, torch.tensor([[[0.5, 0.5], [0.5, 0.5]]]))
     grid = M.accuracy_grid(lambda x: predict(x)[0], cset, progress=False)  # a plain classifier: (C, S, 1)
     assert grid.shape == (1, 2, 1)
-
-
-def test_paired_bootstrap():
-    a = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)
-    b = torch.tensor([1, 0, 1, 1, 0, 1, 1, 0], dtype=torch.bool)
-    mean, lo, hi = M.paired_bootstrap(a, b)
-    assert abs(float(mean) - 2 / 8) < 1e-12 and 0 <= float(lo) <= float(mean) <= float(hi) <= 0.75
-    same = M.paired_bootstrap(a, a)
-    assert float(same[0]) == float(same[1]) == float(same[2]) == 0.0
-    one_flip = torch.zeros(40, dtype=torch.bool)
-    one_flip[0] = True  # one image of 40 differs: the image interval must include 0
-    m, lo, hi = M.paired_bootstrap(one_flip[None].expand(3, 40), torch.zeros(3, 40, dtype=torch.bool))
-    assert abs(float(m) - 1 / 40) < 1e-12 and float(lo) <= 0 < float(hi)
-    with pytest.raises(ValueError, match="same shape"):
-        M.paired_bootstrap(a, b[:4])

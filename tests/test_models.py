@@ -63,12 +63,6 @@ def test_build_backbone_unknown_name():
         models.build_backbone("resnet")
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
-    return tmp_path
-
-
 def test_missing_reference_weights_name_the_fix(data_dir):
     with pytest.raises(FileNotFoundError, match="python -m pcnet.experiments.train backbone.*TRAIN=True"):
         models.load_reference_backbone()

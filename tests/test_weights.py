@@ -8,12 +8,6 @@ import pcnet.experiments.data as data
 import pcnet.experiments.weights as weights
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
-    return tmp_path
-
-
 def _state():
     torch.manual_seed(0)
     return torch.nn.Linear(4, 3).state_dict()

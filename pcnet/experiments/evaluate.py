@@ -1,11 +1,11 @@
-"""Evaluation helpers: input corruptions, accuracy per timestep, state distances and intervals.
+"""Evaluation helpers: input corruptions, per-image correctness per timestep, state distances, term sizes.
 
 Everything here takes a predified network (``pcnet.predify``) and a dataset or loader of
-``(image, label)`` pairs with images in [0, 1]. Nothing runs at import.
+``(image, label)`` pairs with images in [0, 1]. Intervals and paired tests live in
+:mod:`pcnet.experiments.stats`. Nothing runs at import.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -167,14 +167,6 @@ def evaluate_dynamics(net, data: Dataset | DataLoader, *, timesteps: int, corrup
                           terms={k: v / n_seen for k, v in term_sum.items()})
 
 
-def accuracy_per_timestep(net, data: Dataset | DataLoader, *, timesteps: int, corrupt: Corruption | None = None,
-                          batch_size: int = 256, feedback: str = "prediction", seed: int = 0,
-                          progress: bool = True) -> torch.Tensor:
-    """Accuracy at t = 0..T as a (T+1,) tensor (t = 0 is the plain feedforward backbone)."""
-    return evaluate_dynamics(net, data, timesteps=timesteps, corrupt=corrupt, batch_size=batch_size,
-                             feedback=feedback, seed=seed, progress=progress).accuracy
-
-
 @torch.no_grad()
 def correct_of(fn: Callable[[torch.Tensor], torch.Tensor], data: Dataset | DataLoader, *,
                corrupt: Corruption | None = None, batch_size: int = 256, seed: int = 0,
@@ -230,48 +222,6 @@ def state_distance_over_time(net, clean: torch.Tensor, noisy: torch.Tensor, *, t
             ref = sc[0] if reference == "clean-t0" else sc[t]
             out[t, n] = correlation_distance(sn[t], ref).nanmean()
     return out
-
-
-# --------------------------------------------------------------------------- intervals
-def _t_quantile(q: float, df: int) -> float:
-    from scipy.stats import t as student_t
-
-    return float(student_t.ppf(q, df))
-
-
-def mean_interval(values: torch.Tensor | Sequence[float], *, confidence: float = 0.95, dim: int = 0):
-    """Mean and two-sided ``confidence`` interval over ``dim`` (e.g. over seeds), by Student's t.
-
-    Returns (mean, low, high) tensors. With one value the interval is NaN (no spread can be estimated).
-    """
-    v = torch.as_tensor(values, dtype=torch.float64)
-    n = v.shape[dim]
-    mean = v.mean(dim=dim)
-    if n < 2:
-        nan = torch.full_like(mean, float("nan"))
-        return mean, nan, nan.clone()
-    half = _t_quantile(0.5 + confidence / 2, n - 1) * v.std(dim=dim, unbiased=True) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def bootstrap_interval(correct: torch.Tensor, baseline: torch.Tensor | None = None, *, n_boot: int = 2000,
-                       confidence: float = 0.95, seed: int = 0):
-    """Percentile bootstrap over images of an accuracy (or of a paired accuracy difference).
-
-    ``correct`` (..., n) bool/float per image; with ``baseline`` (same shape) the statistic is
-    mean(correct) - mean(baseline) on the same resampled images. Returns (estimate, low, high).
-    """
-    c = correct.double()
-    if baseline is not None:
-        if baseline.shape != correct.shape:
-            raise ValueError(f"baseline shape {tuple(baseline.shape)} != correct shape {tuple(correct.shape)}")
-        c = c - baseline.double()
-    n = c.shape[-1]
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (n_boot, n), generator=g)  # (n_boot, n) resampled image indices
-    stats = c[..., idx].mean(dim=-1)  # (..., n_boot)
-    lo, hi = torch.quantile(stats, torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=c.dtype), dim=-1)
-    return c.mean(dim=-1), lo, hi
 
 
 # --------------------------------------------------------------------------- term sizes

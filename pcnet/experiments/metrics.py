@@ -8,8 +8,6 @@ Errors are fractions in [0, 1]. Following Hendrycks & Dietterich (2019) without 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -85,34 +83,3 @@ def normalised_mce(acc: torch.Tensor, *, reference: torch.Tensor | None = None) 
     """mCE(t) / mCE(ref) with ref as in ``normalised_ce``; returns (..., T+1)."""
     ref = mce(acc if reference is None else reference)[..., :1]
     return mce(acc) / ref
-
-
-def mean_interval(values: torch.Tensor, *, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean and a 95% Student-t interval over ``dim`` (e.g. feedback-training seeds): (mean, low, high).
-    With one value the interval collapses to the mean."""
-    values = values.double()
-    n = values.shape[dim]
-    mean = values.mean(dim)
-    if n < 2:
-        return mean, mean, mean
-    from scipy.stats import t as student_t
-    t = float(student_t.ppf(0.975, n - 1))
-    half = t * values.std(dim, unbiased=True) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, *, n_boot: int = 2000, seed: int = 0):
-    """Mean of ``a - b`` and a 95% percentile interval from resampling *images* (the last dim) with replacement.
-
-    ``a``, ``b``: per-sample scores (e.g. bool correctness) of shape (N,) or (S, N) — the same N images under two
-    conditions (and S seeds, kept paired: one image index draw is used for every seed). Complements
-    ``mean_interval`` over seeds, which ignores which images happened to be chosen. Returns (mean, low, high).
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    diff = (a.double() - b.double()).reshape(-1, a.shape[-1]).mean(0)  # (N,) mean over seeds
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, diff.numel(), (n_boot, diff.numel()), generator=g)  # (n_boot, N)
-    boots = diff[idx].mean(1)  # (n_boot,)
-    low, high = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return diff.mean(), low, high
