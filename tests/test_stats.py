@@ -8,6 +8,7 @@ import torch
 
 from pcnet.experiments import metrics
 from pcnet.experiments import stats as S
+from pcnet.experiments import verdicts as V
 
 statsmodels = pytest.importorskip("statsmodels")
 from scipy.stats import binom, bootstrap as scipy_bootstrap  # noqa: E402
@@ -63,13 +64,13 @@ def test_newcombe_reduces_to_wilson_without_discordance_spread():
 
 def test_paired_proportions_verdict():
     a, b = _pairs(900, 120, 85, 8895)
-    v = S.paired_proportions(a, b, contrast="dynamics - t=0")
+    v = V.paired_proportions(a, b, contrast="dynamics - t=0")
     ref = mcnemar(np.array([[900, 120], [85, 8895]]), exact=True).pvalue
     assert v.n == 10000 and v.estimate == pytest.approx(100 * 35 / 10000) and v.p == pytest.approx(ref)
     assert v.mde == pytest.approx(100 * S.mde_paired(10000, discordance=205 / 10000))
     assert v.effect == "gain" and v.phrase == "a gain"
-    assert S.paired_proportions(b, a, contrast="reverse").effect == "cost"
-    null = S.paired_proportions(*_pairs(40, 0, 4, 206), contrast="small")
+    assert V.paired_proportions(b, a, contrast="reverse").effect == "cost"
+    null = V.paired_proportions(*_pairs(40, 0, 4, 206), contrast="small")
     assert null.effect == "none" and null.phrase == f"no detectable effect: any gain is below {null.high:.2f} points"
     assert "n = 250" in str(null) and "exact McNemar p = 0.125" in str(null)
 
@@ -86,14 +87,14 @@ def test_holm_matches_statsmodels():
 
 
 def test_holm_family_decides_verdicts():
-    fam = [S.Verdict(f"c{i}", 100, 1.0, 0.1, 2.0, 1.5, "t", p) for i, p in enumerate([0.04, 0.01, 0.03])]
+    fam = [V.Verdict(f"c{i}", 100, 1.0, 0.1, 2.0, 1.5, "t", p) for i, p in enumerate([0.04, 0.01, 0.03])]
     assert [v.effect for v in fam] == ["gain"] * 3  # uncorrected
-    out = S.holm_family(fam)
+    out = V.holm_family(fam)
     assert [v.p_holm for v in out] == pytest.approx([0.06, 0.03, 0.06])
     assert [v.effect for v in out] == ["none", "gain", "none"]
     assert out[0].phrase == "no detectable effect: any gain is below 2.00 points"
     with pytest.raises(ValueError, match="empty"):
-        S.holm_family([])
+        V.holm_family([])
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -131,7 +132,7 @@ def test_bootstrap_mce_ratio_grouped_jackknife_and_p():
     assert float(full.estimate) == pytest.approx(float(metrics.normalised_ce(correct.float().mean(-1))[:, -1].mean()))
     assert float(full.high) < 1 and float(full.p) < 0.01  # errors fall from 0.4 to 0.3: a clear reduction
     assert float(grouped.low) == pytest.approx(float(full.low), abs=0.01)
-    v = S.bootstrap_verdict(mce_ratio, correct, contrast="mCE ratio", null=1.0, higher_is_better=False)
+    v = V.bootstrap_verdict(mce_ratio, correct, contrast="mCE ratio", null=1.0, higher_is_better=False)
     z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)  # two-sided 5 %, 80 % power
     assert v.effect == "gain" and v.n == 400 and v.mde == pytest.approx(z * float(full.se), rel=1e-9)
     assert str(v).startswith(f"mCE ratio: {float(full.estimate):.3f} [{float(full.low):.3f}, {float(full.high):.3f}]")

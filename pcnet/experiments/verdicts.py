@@ -1,0 +1,104 @@
+"""The book's verdicts: one contrast each, decided by its (Holm-corrected) test or interval, never by a point
+estimate, and printed with n and the minimum detectable effect (MDE) of its paired design.
+
+Built on :mod:`pcnet.experiments.stats`; accuracies are reported in points. Nothing runs at import.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import torch
+
+from .stats import _z_sum, bootstrap, format_interval, holm, mcnemar_exact, mde_paired, newcombe_interval, paired_counts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One contrast of a verdict family, decided by its (Holm-corrected) test, never by the point estimate.
+
+    estimate/low/high/mde are in ``unit`` (points for accuracies); ``null`` is the no-effect value (0 for a
+    difference, 1 for a ratio); ``higher_is_better`` says which side of the null is a gain.
+    """
+    contrast: str
+    n: int
+    estimate: float
+    low: float
+    high: float
+    mde: float
+    test: str
+    p: float
+    p_holm: float | None = None
+    alpha: float = 0.05
+    null: float = 0.0
+    higher_is_better: bool = True
+    unit: str = "points"
+    digits: int = 2
+
+    @property
+    def effect(self) -> str:
+        """'gain', 'cost' or 'none', from the Holm-adjusted p (the raw p outside a family) at ``alpha``."""
+        if (self.p if self.p_holm is None else self.p_holm) > self.alpha:
+            return "none"
+        return "gain" if (self.estimate > self.null) == self.higher_is_better else "cost"
+
+    @property
+    def phrase(self) -> str:
+        if self.effect != "none":
+            return f"a {self.effect}"
+        bound = self.high - self.null if self.higher_is_better else self.null - self.low
+        return f"no detectable effect: any gain is below {max(bound, 0.0):.{self.digits}f} {self.unit}".rstrip()
+
+    def _interval(self, unit: str = "") -> str:
+        return format_interval((self.estimate, self.low, self.high), digits=self.digits, signed=self.null == 0,
+                               unit=unit)
+
+    def as_row(self) -> dict:
+        """A flat dict for a pandas table of a family."""
+        return {"contrast": self.contrast, "n": self.n, "MDE": round(self.mde, self.digits),
+                "estimate [interval]": self._interval(), "test": self.test, "p": self.p, "Holm p": self.p_holm,
+                "verdict": self.phrase}
+
+    def __str__(self) -> str:
+        holm_p = "" if self.p_holm is None else f", Holm p = {self.p_holm:.3g}"
+        return (f"{self.contrast}: {self._interval(self.unit)} (n = {self.n}, MDE {self.mde:.{self.digits}f}; "
+                f"{self.test} p = {self.p:.3g}{holm_p}): {self.phrase}")
+
+
+def paired_proportions(a, b, *, contrast: str, confidence: float = 0.95, alpha: float = 0.05, power: float = 0.8,
+                       mid_p: bool = False) -> Verdict:
+    """Verdict on accuracy(a) - accuracy(b) in points: exact McNemar test, Newcombe interval, and the MDE
+    from n and the observed discordance rate. a, b: per-image correctness on the same images."""
+    n11, n10, n01, n00 = paired_counts(a, b)
+    n = n11 + n10 + n01 + n00
+    est, low, high = (100 * float(v) for v in newcombe_interval(n11, n10, n01, n00, confidence=confidence))
+    mde = 100 * mde_paired(n, discordance=(n10 + n01) / n, alpha=alpha, power=power)
+    test = "exact McNemar" + (" mid-p" if mid_p else "")
+    return Verdict(contrast, n, est, low, high, mde, test, mcnemar_exact(n10, n01, mid_p=mid_p), alpha=alpha)
+
+
+def bootstrap_verdict(statistic: Callable[..., torch.Tensor], *samples, contrast: str, null: float = 0.0,
+                      higher_is_better: bool = True, scale: float = 1.0, unit: str = "", alpha: float = 0.05,
+                      power: float = 0.8, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+                      digits: int = 3) -> Verdict:
+    """Verdict on a scalar statistic by the paired BCa bootstrap (:func:`bootstrap`): p from the inverted
+    interval at ``null``, MDE = (z_{1-alpha/2} + z_power) x bootstrap SE. ``scale`` multiplies the reported
+    values (not ``null``'s role: pass null in the statistic's own units)."""
+    r = bootstrap(statistic, *samples, n_boot=n_boot, confidence=confidence, seed=seed, null=null)
+    if r.estimate.numel() != 1:
+        raise ValueError(f"bootstrap_verdict needs a scalar statistic, got shape {tuple(r.estimate.shape)}")
+    za, zb = _z_sum(alpha, power)
+    return Verdict(contrast, torch.as_tensor(samples[0]).shape[-1], scale * float(r.estimate), scale * float(r.low),
+                   scale * float(r.high), scale * (za + zb) * float(r.se), "BCa bootstrap", float(r.p), alpha=alpha,
+                   null=scale * null, higher_is_better=higher_is_better, unit=unit, digits=digits)
+
+
+def holm_family(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """The verdicts of one family with Holm-adjusted p-values filled in (decisions then use them)."""
+    if not verdicts:
+        raise ValueError("holm_family: the family is empty")
+    alphas = {v.alpha for v in verdicts}
+    if len(alphas) > 1:
+        raise ValueError(f"holm_family: one alpha per family, got {sorted(alphas)}")
+    adjusted, _ = holm([v.p for v in verdicts], alpha=alphas.pop())
+    return [replace(v, p_holm=float(q)) for v, q in zip(verdicts, adjusted)]
