@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pcnet
 from pcnet import dynamics
 from pcnet.experiments import models
 

@@ -22,7 +22,6 @@ import pathlib
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
