@@ -14,7 +14,6 @@ rounding; tests/test_fast_path.py), with three shortcuts:
 """
 from __future__ import annotations
 
-
 from . import decoders as dec
 from . import dynamics, wiring
 
