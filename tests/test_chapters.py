@@ -47,3 +47,51 @@ def test_chapter_runs_in_smoke_mode(chapter, chapters_out):
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{chapter}: error outputs in the executed notebook"
     print(f"{chapter}: {time.perf_counter() - start:.1f} s")
+
+
+# Figures are shown at their own pixel size on the page (up to the content column, about 700-750 CSS px wide):
+# at figure.dpi = 100 a figure of at most 7.5 in keeps the style's >= 11 pt text at >= ~10 pt on the page.
+MAX_FIGURE_PX = 800
+
+
+def _png_width(b64: str) -> int:
+    import base64
+    import struct
+    raw = base64.b64decode(b64)
+    return struct.unpack(">I", raw[16:20])[0]  # IHDR width
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_figures_fit_the_page(chapter, chapters_out):
+    executed = chapters_out / (chapter + ".ipynb")
+    if not executed.exists():
+        pytest.skip(f"{chapter} was not executed in this session")
+    cells = json.loads(executed.read_text())["cells"]
+    wide = [(i, _png_width(o["data"]["image/png"])) for i, c in enumerate(cells) for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {}) and _png_width(o["data"]["image/png"]) > MAX_FIGURE_PX]
+    assert not wide, (f"{chapter}: figures wider than {MAX_FIGURE_PX} px are scaled down on the page and their text "
+                      f"falls below 9 pt (cell index, width): {wide}; use at most 3 panels a row and figsize width "
+                      f"<= 7.5 in (pcnet.experiments.plotting.MAX_WIDTH)")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_reruns_from_its_middle(chapter, chapters_out):
+    """Run the executed copy's code cells in a fresh kernel, then run its second half again in the same kernel:
+    no cell may depend on running only once (no variable that changes meaning, no consumed state)."""
+    import nbclient
+    import nbformat
+    executed = chapters_out / (chapter + ".ipynb")
+    if not executed.exists():
+        pytest.skip(f"{chapter} was not executed in this session")
+    nb = nbformat.read(executed, as_version=4)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    middle = code[len(code) // 2]
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT / "book")}})
+    with run_chapters._kernel_env(smoke=True), client.setup_kernel():
+        for i in code + [j for j in code if j >= middle]:
+            try:
+                client.execute_cell(nb.cells[i], i)
+            except nbclient.exceptions.CellExecutionError as err:
+                pytest.fail(f"{chapter}: cell {i} failed when re-run from cell {middle}:\n{str(err)[-1500:]}",
+                            pytrace=False)

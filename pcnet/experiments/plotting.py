@@ -20,8 +20,12 @@ COLORS = {
     "rescaled": PALETTE[5],      # fixed-rescale feedforward control
 }
 
+# Figures are shown at their pixel size on the site (a content column of ~700-750 px): at figure.dpi = 100, a
+# width of at most MAX_WIDTH inches keeps seaborn's "notebook" text (>= 11 pt) at >= ~10 pt on the page.
+MAX_WIDTH = 7.5
+
 STYLE = {
-    "figure.dpi": 110,
+    "figure.dpi": 100,
     "savefig.dpi": 150,
     "savefig.bbox": "tight",
     "figure.figsize": (6.4, 4.0),
@@ -82,13 +86,14 @@ def show_images(images, *, nrow: int = 8, titles=None, ax=None, cmap=None):
         ax.imshow(np.squeeze(mosaic.clamp(0, 1).permute(1, 2, 0).numpy()), cmap=cmap, vmin=0, vmax=1)
         ax.set_axis_off()
         return ax.figure
-    fig, axes = plt.subplots(nrows, ncol, figsize=(1.3 * ncol, 1.3 * nrows + (0.3 if titles else 0)),
+    side = min(1.3, MAX_WIDTH / ncol)  # inches per panel: the figure fits the page (MAX_WIDTH)
+    fig, axes = plt.subplots(nrows, ncol, figsize=(side * ncol, side * nrows + (0.45 * nrows if titles else 0)),
                              squeeze=False)
     for i, a in enumerate(axes.flat):
         a.set_axis_off()
         if i < b:
             a.imshow(np.squeeze(x[i].clamp(0, 1).permute(1, 2, 0).numpy()), cmap=cmap, vmin=0, vmax=1)
             if titles is not None:
-                a.set_title(str(titles[i]), fontsize=8)
+                a.set_title(str(titles[i]), fontsize=10)
     fig.tight_layout()
     return fig
