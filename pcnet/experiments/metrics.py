@@ -12,26 +12,31 @@ import math
 
 import torch
 
+from pcnet.experiments import devices
+
 
 def accuracy_per_timestep(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Accuracy of logits ``(T+1, B, K)`` (or ``(B, K)``) against ``labels`` (B,); returns (T+1,) or scalar."""
     if logits.shape[-2] != labels.shape[0]:
         raise ValueError(f"logits batch {logits.shape[-2]} != labels {labels.shape[0]}")
-    return (logits.argmax(-1) == labels).float().mean(-1)
+    return (logits.argmax(-1) == labels.to(logits.device)).float().mean(-1).cpu()
 
 
 @torch.no_grad()
 def correct_per_timestep(predict, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500,
                          dtype=torch.float32) -> torch.Tensor:
     """Run ``predict(x) -> logits (T+1, B, K)`` (or (B, K)) over ``images`` in batches; returns a bool tensor of
-    per-sample correctness (T+1, N) (or (1, N) for a plain classifier). uint8 images are scaled to [0, 1]."""
+    per-sample correctness (T+1, N) (or (1, N) for a plain classifier) on the CPU. uint8 images are scaled to
+    [0, 1]. Batches run where the images are, or on ``predict``'s device and dtype when it is a module."""
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
         x = x.to(dtype) / 255 if x.dtype == torch.uint8 else x
+        if isinstance(predict, torch.nn.Module):
+            x = x.to(*devices.of(predict))  # (B, ...) where the model is
         logits = predict(x)
         logits = logits[None] if logits.ndim == 2 else logits  # (T+1, B, K)
-        out.append(logits.argmax(-1) == labels[i:i + batch_size])
+        out.append((logits.argmax(-1).cpu() == labels[i:i + batch_size].cpu()))
     return torch.cat(out, dim=1)  # (T+1, N)
 
 
