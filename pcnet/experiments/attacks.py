@@ -148,7 +148,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Lin
             best[take] = (x + delta)[take]
             fooled |= new
             curve.append(1 - fooled.float().mean())
-    return best.detach(), torch.stack(curve)
+    return best.detach(), torch.stack(curve).cpu()
 
 
 def make_attack(name: str, model: nn.Module, *, eps: float, norm: str = "Linf", steps: int = 50, seed: int = 0,

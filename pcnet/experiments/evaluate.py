@@ -178,16 +178,21 @@ def accuracy_per_timestep(net, data: Dataset | DataLoader, *, timesteps: int, co
 @torch.no_grad()
 def correct_of(fn: Callable[[torch.Tensor], torch.Tensor], data: Dataset | DataLoader, *,
                corrupt: Corruption | None = None, batch_size: int = 256, seed: int = 0,
-               device: torch.device | str = "cpu", progress: bool = True) -> torch.Tensor:
+               device: torch.device | str | None = None, progress: bool = True) -> torch.Tensor:
     """(n,) bool correctness of any classifier ``fn(x) -> logits (B, K)``, e.g. ``pcnet.rescaled_forward``.
 
-    Uses the same corruption stream as :func:`evaluate_dynamics` for equal ``seed`` and batch size.
+    Uses the same corruption stream as :func:`evaluate_dynamics` for equal ``seed`` and batch size. Batches
+    run on ``device``; by default on ``fn``'s device and dtype when it is a module, else on the CPU.
     """
+    if device is None:
+        device, dtype = devices.of(fn) if isinstance(fn, torch.nn.Module) else (torch.device("cpu"), None)
+    else:
+        dtype = None
     g, out = torch.Generator().manual_seed(seed), []
     for x, y in tqdm(_loader(data, batch_size), desc="feedforward", leave=False, disable=not progress):
         if corrupt is not None:
             x = corrupt(x, generator=g)
-        logits = fn(x.to(device))  # (B, K)
+        logits = fn(x.to(device=device, dtype=dtype))  # (B, K)
         out.append((logits.argmax(-1).cpu() == y))
     return torch.cat(out)
 
