@@ -1,10 +1,14 @@
 """Device and dtype handling: the DEVICE parameter, library paths that follow the model, bf16 autocast."""
+import json
+import pathlib
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import pcnet
+import run_chapters
 from pcnet.experiments import attacks, devices, evaluate, metrics, train, tuning
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
@@ -103,3 +107,24 @@ def test_cuda_paths():
     correct, adv = attacks.attack_correct(attacks.TimestepLogits(net, timestep=1), lambda x, y: x,
                                           ds.tensors[0], ds.tensors[1])
     assert correct.shape == (24,) and adv.device.type == "cpu"
+
+
+CHAPTERS = sorted((pathlib.Path(__file__).resolve().parent.parent / "book").glob("0*.ipynb"))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_every_chapter_has_a_device_parameter_resolved_before_use(path):
+    params = run_chapters.declared_parameters(path)
+    assert params["DEVICE"] == "'cuda' if torch.cuda.is_available() else 'cpu'"  # as ast.unparse writes it
+    code = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    text = "\n".join(code)
+    resolved = text.index("DEVICE = devices.resolve(DEVICE)")
+    assert text.index(".to(DEVICE)") > resolved or ".to(DEVICE)" not in text
+    assert "device=DEVICE" not in text[:resolved]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_chapter_given_cuda_without_cuda_stops_naming_the_parameter(tmp_path):
+    path = CHAPTERS[0]
+    with pytest.raises(run_chapters.ChapterFailed, match=r"DEVICE='cuda' but this machine has no CUDA GPU"):
+        run_chapters.run_chapter(path, out=tmp_path, parameters={"DEVICE": "cuda"}, smoke=True)

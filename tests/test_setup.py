@@ -131,3 +131,38 @@ def test_ci_and_readme_agree_with_the_makefile():
                    "DEVICE"):
         assert needle in readme, f"README does not mention {needle}"
     assert os.access(ROOT / ".ci" / "run", os.R_OK)
+
+
+def test_make_book_leaves_committed_data_alone():
+    """A chapter that writes under data/ does so only when SAVE_RESULTS is True (False by default; make data)."""
+    import json
+
+    import run_chapters
+    for path in sorted((ROOT / "book").glob("0*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        if "save_json_result(" in code or "save_weights(" in code:
+            assert run_chapters.declared_parameters(path).get("SAVE_RESULTS") == "False", path
+            assert "if SAVE_RESULTS:" in code, path
+    assert "-p SAVE_RESULTS=True" in (ROOT / "Makefile").read_text()
+
+
+def test_workflow_tests_first_deploys_main_only_and_never_cancels_a_deploy():
+    import yaml
+
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as True
+    assert "push" in triggers and "pull_request" in triggers
+    jobs = wf["jobs"]
+    runs = {name: "\n".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    assert "make test" in runs["test"] and "make book" in runs["build"]
+    assert jobs["build"]["needs"] == "test" and jobs["deploy"]["needs"] == "build"
+    assert "refs/heads/main" in jobs["build"]["if"] and "pull_request" in jobs["build"]["if"]
+    assert jobs["deploy"]["concurrency"]["cancel-in-progress"] is False
+    assert wf["concurrency"]["cancel-in-progress"] != True  # noqa: E712 - a bool or an expression
+    for name in ("test", "build"):
+        steps = jobs[name]["steps"]
+        cpu = next(i for i, s in enumerate(steps) if "download.pytorch.org/whl/cpu" in s.get("run", ""))
+        make = next(i for i, s in enumerate(steps) if "make " in s.get("run", ""))
+        assert cpu < make, f"{name}: CPU-only torch must be installed before make"
+        assert any(s.get("with", {}).get("cache") == "pip" for s in steps)
+        assert any("actions/cache" in s.get("uses", "") and ".npm" in s["with"]["path"] for s in steps)
