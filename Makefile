@@ -39,7 +39,7 @@ help:
 	@echo "make clean  - remove _build (keeps .venv);  make distclean - also .venv, .cache, MathJax copy"
 
 # ---------------------------------------------------------------- setup
-setup: python-check $(STAMPS)/install $(STAMPS)/data $(MATHJAX)
+setup: python-check $(MATHJAX) $(STAMPS)/install $(STAMPS)/data
 
 # PYTHON >= 3.10, and $(VENV) made by it (a .venv of another Python is rebuilt). Runs every time (fast).
 python-check:
@@ -71,7 +71,8 @@ $(STAMPS)/data: $(STAMPS)/install
 	@$(PY) -c 'import pcnet.experiments.data as d; print("Fashion-MNIST:", d.fashion_mnist_source(split="train")); d.fashion_mnist_source(split="test")'
 	@mkdir -p $(STAMPS) && touch $@
 
-# MathJax 3 served by the site itself (the pages work without internet).
+# MathJax 3 served by the site itself (the pages work without internet). Before the Python packages:
+# a missing npm stops make before the long steps.
 $(MATHJAX):
 	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js (Debian: apt-get install -y nodejs npm; macOS: brew install node), then rerun make" >&2; exit 1; }
 	npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix $(NPM_DIR) mathjax@3
