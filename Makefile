@@ -2,10 +2,13 @@
 # (Linux or macOS, Python >= 3.10, Node.js/npm for the local MathJax copy).
 #
 #   make book   install, run every chapter (committed parameters), build the site into _build/html
-#   make test   install, unit tests + every chapter in smoke mode (PCNET_SMOKE=1), nbstripout check,
-#               site built with warnings as errors, headless-browser check of the site
+#   make test   find (or install) Chromium, install, unit tests + every chapter in smoke mode
+#               (PCNET_SMOKE=1), nbstripout check, site built with warnings as errors, headless-browser check
+#   make data   regenerate the committed results under data/ (make book never writes there)
 #
 # Setup steps leave stamp files in .venv/.stamps, so repeating a command skips them.
+# Works with GNU make 3.81 (macOS): recipes do not rely on .SHELLFLAGS (which 3.81 ignores); every
+# line with several commands chains them with && or starts with `set -e`, so a failing step fails make.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,21 +24,34 @@ MATHJAX_DIR := book/_static/mathjax
 MATHJAX := $(MATHJAX_DIR)/tex-svg.js
 NOTEBOOKS := $(wildcard book/*.ipynb)
 JB := $(VENV)/bin/jupyter-book
+CHROMIUM ?=
+# What `make test` runs before and after its setup (tests/test_setup.py overrides them).
+TEST_SETUP ?= python-check browser setup
+TEST_STEPS ?= unit-and-chapters nbstripout-check site-strict browser-check
 
-.PHONY: help setup book test unit-and-chapters nbstripout-check site site-strict browser-check \
-        chapters readme-figure clean distclean
+.PHONY: help setup python-check browser book test unit-and-chapters nbstripout-check site site-strict \
+        browser-check chapters data readme-figure clean distclean
 
 help:
 	@echo "make book   - set up, execute every chapter, build the site into _build/html"
 	@echo "make test   - set up, unit tests, chapters in smoke mode, strict site build, browser check"
+	@echo "make data   - rerun chapter 4 with SAVE_RESULTS=True: rewrites data/results/ch4_tuned_hparams.json"
 	@echo "make clean  - remove _build (keeps .venv);  make distclean - also .venv, .cache, MathJax copy"
 
 # ---------------------------------------------------------------- setup
-setup: $(STAMPS)/install $(STAMPS)/data $(MATHJAX)
+setup: python-check $(MATHJAX) $(STAMPS)/install $(STAMPS)/data
+
+# PYTHON >= 3.10, and $(VENV) made by it (a .venv of another Python is rebuilt). Runs every time (fast).
+python-check:
+	@bash scripts/check_python.sh "$(PYTHON)" "$(VENV)"
+
+# Chromium or Chrome for the browser check: found, installed (Debian, root or passwordless sudo), or a
+# stop with the command that fixes it, before the long steps. Standard library only.
+browser: python-check
+	@$(PYTHON) scripts/browser_check.py --ensure-browser $(if $(CHROMIUM),--chromium "$(CHROMIUM)")
 
 $(STAMPS)/install: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c 'import sys; assert sys.version_info >= (3, 10), "pcnet needs Python >= 3.10"'
+	@bash scripts/check_python.sh "$(PYTHON)" "$(VENV)"
 	$(PY) -m pip install --quiet --progress-bar off -e ".[book]"
 	@# torchattacks pins an old requests: install it without its dependencies (they are in [book]).
 	$(PY) -m pip install --quiet --progress-bar off --no-deps "torchattacks>=3.5"
@@ -55,7 +71,8 @@ $(STAMPS)/data: $(STAMPS)/install
 	@$(PY) -c 'import pcnet.experiments.data as d; print("Fashion-MNIST:", d.fashion_mnist_source(split="train")); d.fashion_mnist_source(split="test")'
 	@mkdir -p $(STAMPS) && touch $@
 
-# MathJax 3 served by the site itself (the pages work without internet).
+# MathJax 3 served by the site itself (the pages work without internet). Before the Python packages:
+# a missing npm stops make before the long steps.
 $(MATHJAX):
 	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js (Debian: apt-get install -y nodejs npm; macOS: brew install node), then rerun make" >&2; exit 1; }
 	npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix $(NPM_DIR) mathjax@3
@@ -74,6 +91,12 @@ book: setup
 chapters: setup
 	$(PY) scripts/run_chapters.py --out $(SRC)
 
+# The committed results that chapters write (SAVE_RESULTS, False by default so `make book` leaves git clean);
+# the reference weights come from `python -m pcnet.experiments.train` (see data/MANIFEST.json).
+data: setup
+	$(PY) scripts/run_chapters.py --out $(SRC) book/04_dynamics.ipynb -p SAVE_RESULTS=True
+	@echo "data/results/ch4_tuned_hparams.json and data/MANIFEST.json rewritten: review with git diff, then commit"
+
 site:
 	rm -rf _build/html _build/.doctrees
 	$(JB) build $(SRC) --path-output . --builder html
@@ -89,10 +112,10 @@ readme-figure:
 	@echo "book/images/readme_figure.png updated from $(SRC); commit it with the revision that made it"
 
 # ---------------------------------------------------------------- test
-test: setup
-	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit-and-chapters nbstripout-check site-strict browser-check; \
-	echo "make test: all checks passed in $$(( $$(date +%s) - start )) s (after setup)"; \
+test: $(TEST_SETUP)
+	@start=$$(date +%s) && \
+	$(MAKE) --no-print-directory $(TEST_STEPS) && \
+	echo "make test: all checks passed in $$(( $$(date +%s) - start )) s (after setup)" && \
 	echo "The smoke-mode site is in _build/html: open file://$(CURDIR)/_build/html/index.html"
 
 # Unit tests and every chapter once in smoke mode (reported as pytest tests; executed copies in _build/src).
@@ -106,7 +129,7 @@ ifneq ($(NOTEBOOKS),)
 endif
 
 browser-check:
-	$(PY) scripts/browser_check.py --site _build/html --screenshot-dir _build
+	$(PY) scripts/browser_check.py --site _build/html --screenshot-dir _build $(if $(CHROMIUM),--chromium "$(CHROMIUM)")
 
 clean:
 	rm -rf _build

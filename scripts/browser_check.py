@@ -2,6 +2,7 @@
 """Open the built site in headless Chromium, as a reader would, and check what they see.
 
     python scripts/browser_check.py --site _build/html [--chapter book/01_predictive_coding.html]
+    python scripts/browser_check.py --ensure-browser     # setup step of `make test` (standard library only)
 
 Serves the site on a free localhost port (python http.server), opens the start page and one chapter
 in headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no browser download) and
@@ -9,6 +10,11 @@ asserts: the chapter title, at least one equation rendered by MathJax (an SVG in
 ``mjx-container``, no raw TeX left), at least one figure image loaded (naturalWidth > 0), no
 console errors and no failed requests. Every chapter's Colab link must point at a notebook that
 exists in the repository. Screenshots are saved to ``<screenshot-dir>/browser_*.png``.
+
+``--ensure-browser`` finds Chromium or Google Chrome (Linux and macOS); where none is found and
+``apt-get`` can run (as root or with passwordless sudo) it installs the Debian package ``chromium``,
+otherwise it stops with the command that fixes it. It needs only the standard library, so
+``make test`` runs it before the long steps.
 """
 from __future__ import annotations
 
@@ -18,13 +24,20 @@ import functools
 import http.server
 import pathlib
 import re
+import os
 import shutil
+import subprocess
 import sys
 import threading
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome",
-                       "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome")
+                       "/usr/bin/google-chrome-stable",
+                       "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+                       "/Applications/Chromium.app/Contents/MacOS/Chromium",
+                       "~/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+                       "~/Applications/Chromium.app/Contents/MacOS/Chromium")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 COLAB = re.compile(r"https://colab\.research\.google\.com/github/([^/]+)/([^/]+)/blob/([^/]+)/([^\"'<> ]+\.ipynb)")
@@ -49,15 +62,71 @@ def serve(site: pathlib.Path):
         server.server_close()
 
 
+def locate_chromium(explicit: str | None = None, *, candidates=CHROMIUM_CANDIDATES,
+                    path: str | None = None) -> str | None:
+    """Path of a Chromium/Chrome binary: ``explicit``, a known install location, or one on ``path``."""
+    if explicit:
+        if not pathlib.Path(explicit).expanduser().exists():
+            raise SystemExit(f"CHROMIUM={explicit} does not exist; give the path of a Chromium or Chrome binary")
+        return str(pathlib.Path(explicit).expanduser())
+    for candidate in candidates:
+        if pathlib.Path(candidate).expanduser().exists():
+            return str(pathlib.Path(candidate).expanduser())
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    return None
+
+
+def install_hint(platform: str = sys.platform) -> str:
+    if platform == "darwin":
+        return ("install Google Chrome (https://www.google.com/chrome) or run `brew install --cask chromium`, "
+                "then rerun make test")
+    return ("run `sudo apt-get install -y chromium` (Debian; on Ubuntu `sudo apt-get install -y chromium-browser`), "
+            "then rerun make test")
+
+
 def find_chromium(explicit: str | None = None) -> str:
-    for candidate in ([explicit] if explicit else []) + list(CHROMIUM_CANDIDATES):
-        if candidate and pathlib.Path(candidate).exists():
-            return candidate
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    found = locate_chromium(explicit)
+    if found is None:
+        raise SystemExit(f"headless Chromium not found. Fix: {install_hint()}, or pass --chromium PATH")
+    return found
+
+
+def _privilege_prefix() -> list[str] | None:
+    """[] as root, ["sudo", "-n"] with passwordless sudo, None when packages cannot be installed."""
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        return ["sudo", "-n"]
+    return None
+
+
+def ensure_chromium(explicit: str | None = None, *, candidates=CHROMIUM_CANDIDATES, path: str | None = None,
+                    platform: str = sys.platform) -> str:
+    """Find Chromium/Chrome; on Debian-like systems install the package ``chromium`` when allowed.
+
+    Raises SystemExit naming the command that fixes it when no browser is found or can be installed."""
+    found = locate_chromium(explicit, candidates=candidates, path=path)
     if found:
         return found
-    raise SystemExit("headless Chromium not found. Fix: apt-get install -y chromium "
-                     "(Debian/Ubuntu) or pass --chromium PATH")
+    apt, prefix = shutil.which("apt-get", path=path), None
+    if platform.startswith("linux") and apt:
+        prefix = _privilege_prefix()
+    if prefix is not None:
+        print("[browser] installing the Debian package chromium (headless browser for the site check)", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = [*prefix, apt, "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env).returncode != 0:
+            subprocess.run([*prefix, apt, "update", "-q"], env=env)
+            subprocess.run(install, env=env)
+        found = locate_chromium(candidates=candidates, path=path)
+        if found:
+            return found
+    where = "apt-get could not install it" if prefix is not None else "none could be installed automatically"
+    raise SystemExit(f"error: no Chromium or Google Chrome found for the headless-browser check of `make test`, "
+                     f"and {where}.\nFix: {install_hint(platform)}; or name a binary: make test CHROMIUM=/path/to/chrome")
 
 
 def check_colab_links(site: pathlib.Path) -> list[str]:
@@ -130,7 +199,12 @@ def main(argv=None) -> int:
                         help="chapter page to check, relative to the site")
     parser.add_argument("--screenshot-dir", default=str(ROOT / "_build"))
     parser.add_argument("--chromium", default=None, help="path to a Chromium/Chrome binary")
+    parser.add_argument("--ensure-browser", action="store_true",
+                        help="only find (or install) the browser and print its path")
     args = parser.parse_args(argv)
+    if args.ensure_browser:
+        print(f"[browser] headless browser: {ensure_chromium(args.chromium)}")
+        return 0
     site = pathlib.Path(args.site).resolve()
     if not (site / "index.html").exists():
         raise SystemExit(f"{site}/index.html not found: build the site first (make book / make test)")

@@ -23,6 +23,8 @@ import copy
 import torch
 from torch import nn
 
+from pcnet.experiments import devices
+
 GRADIENTS = ("full", "feedforward", "last-k", "detached-error")
 ATTACKS = ("apgd-ce", "apgd-dlr", "square", "pgd", "bim-targeted")
 
@@ -107,7 +109,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Lin
             best[take] = (x + delta)[take]
             fooled |= new
             curve.append(1 - fooled.float().mean())
-    return best.detach(), torch.stack(curve)
+    return best.detach(), torch.stack(curve).cpu()
 
 
 def make_attack(name: str, model: nn.Module, *, eps: float, norm: str = "Linf", steps: int = 50, seed: int = 0,
@@ -137,7 +139,7 @@ def make_attack(name: str, model: nn.Module, *, eps: float, norm: str = "Linf", 
 
         def targets(x, y):
             g = torch.Generator().manual_seed(seed)
-            shift = torch.randint(1, _n_classes(model, x), y.shape, generator=g)
+            shift = torch.randint(1, _n_classes(model, x), y.shape, generator=g).to(y.device)  # drawn on the CPU
             return (y + shift) % _n_classes(model, x)
 
         attack.set_mode_targeted_by_function(targets)
@@ -153,15 +155,17 @@ def _n_classes(model, x):
 def attack_correct(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 100,
                    evaluate: nn.Module | None = None):
     """Per-sample correctness (N,) of ``evaluate`` (default ``model``) on ``attack(x, y)`` built in batches;
-    returns (correct bool (N,), x_adv). ``evaluate`` differs from ``model`` for transfer attacks."""
+    returns (correct bool (N,) on the CPU, x_adv where ``x`` is). ``evaluate`` differs from ``model`` for transfer
+    attacks. Batches run on ``model``'s device and dtype."""
     evaluate = model if evaluate is None else evaluate
+    device, dtype = devices.of(model)
     advs, correct = [], []
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i:i + batch_size].to(device, dtype), y[i:i + batch_size].to(device)  # (B,C,H,W), (B,)
         adv = attack(xb, yb).detach()
         with torch.no_grad():
-            correct.append(evaluate(adv).argmax(-1) == yb)
-        advs.append(adv)
+            correct.append((evaluate(adv).argmax(-1) == yb).cpu())
+        advs.append(adv.to(x.device))
     return torch.cat(correct), torch.cat(advs)
 
 

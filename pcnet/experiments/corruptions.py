@@ -266,7 +266,7 @@ def corrupt(images: torch.Tensor, *, name: str, severity: int, seed: int = 0,
         y = np.clip(np.asarray(_OPS[name](x, c, rng), dtype=np.float64), 0, 1)
         out[i] = y[top:top + h, left:left + w]
     out = np.round(out * 255) / 255  # 8-bit, like the published sets
-    return torch.from_numpy(out).to(images.dtype)[:, None]  # (N, 1, H, W)
+    return torch.from_numpy(out).to(images.device, images.dtype)[:, None]  # (N, 1, H, W) where the input was
 
 
 def _sha256(path: Path) -> str:

@@ -14,6 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from pcnet.experiments import devices
+
 Corruption = Callable[..., torch.Tensor]  # corrupt(x, *, generator) -> x_corrupted
 TERM_NAMES = ("feedforward", "feedback", "memory", "error")
 
@@ -90,11 +92,6 @@ def corrupt_dataset(data: Dataset | DataLoader, corrupt: Corruption | None, *, s
     return TensorDataset(torch.cat(xs), torch.cat(ys))
 
 
-def _device_of(net: torch.nn.Module) -> torch.device:
-    p = next(net.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 @contextmanager
 def hparams_set(net, **values):
     """Temporarily set ``beta``/``lam``/``alpha`` on ``net`` (validated); the old values return on exit."""
@@ -128,37 +125,40 @@ class DynamicsResult:
 @torch.no_grad()
 def evaluate_dynamics(net, data: Dataset | DataLoader, *, timesteps: int, corrupt: Corruption | None = None,
                       feedback: str = "prediction", batch_size: int = 256, seed: int = 0,
-                      record: Sequence[str] = (), progress: bool = True) -> DynamicsResult:
+                      record: Sequence[str] = (), progress: bool = True,
+                      precision: str | None = None) -> DynamicsResult:
     """Run the dynamics over a whole dataset; per-image correctness plus batch-weighted means of ``record``.
 
     ``corrupt(x, generator=g)`` is applied to each batch with one generator seeded by ``seed``
     (same seed and batch order => same noisy images). ``record`` may contain "errors" and "terms".
+    Batches go to the network's device and dtype; ``precision`` ("bf16", "fp16") runs under autocast.
     """
     bad = set(record) - {"errors", "terms"}
     if bad:
         raise ValueError(f"record may contain 'errors' and 'terms', got {sorted(bad)}")
     if timesteps < 0:
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
-    device, g = _device_of(net), torch.Generator().manual_seed(seed)
+    (device, dtype), g = devices.of(net), torch.Generator().manual_seed(seed)
     correct, err_sum, term_sum, n_seen = [], None, {}, 0
     loader = _loader(data, batch_size)
     for x, y in tqdm(loader, desc=f"dynamics ({feedback})", leave=False, disable=not progress):
         if corrupt is not None:
             x = corrupt(x, generator=g)
-        x, y = x.to(device), y.to(device)
-        if record:
-            trace = net.run(x, timesteps=timesteps, feedback=feedback, record=tuple(record))
-            logits = trace.logits  # (T+1, B, K)
-        else:
-            logits = net(x, timesteps=timesteps, feedback=feedback)  # (T+1, B, K)
+        x, y = x.to(device, dtype), y.to(device)
+        with devices.autocast(device, precision):
+            if record:
+                trace = net.run(x, timesteps=timesteps, feedback=feedback, record=tuple(record))
+                logits = trace.logits  # (T+1, B, K)
+            else:
+                logits = net(x, timesteps=timesteps, feedback=feedback)  # (T+1, B, K)
         correct.append((logits.argmax(-1) == y).cpu())  # (T+1, B)
         b = x.shape[0]
         if "errors" in record:
-            e = trace.errors.sum(dim=-1).cpu()  # (T+1, N) summed over the batch
+            e = trace.errors.float().sum(dim=-1).cpu()  # (T+1, N) summed over the batch
             err_sum = e if err_sum is None else err_sum + e
         if "terms" in record:
             for k, v in trace.terms.items():  # v: (T, N) batch mean
-                term_sum[k] = term_sum.get(k, 0) + v.detach().cpu() * b
+                term_sum[k] = term_sum.get(k, 0) + v.detach().float().cpu() * b
         n_seen += b
     if n_seen == 0:
         raise ValueError("the dataset is empty")
@@ -170,16 +170,21 @@ def evaluate_dynamics(net, data: Dataset | DataLoader, *, timesteps: int, corrup
 @torch.no_grad()
 def correct_of(fn: Callable[[torch.Tensor], torch.Tensor], data: Dataset | DataLoader, *,
                corrupt: Corruption | None = None, batch_size: int = 256, seed: int = 0,
-               device: torch.device | str = "cpu", progress: bool = True) -> torch.Tensor:
+               device: torch.device | str | None = None, progress: bool = True) -> torch.Tensor:
     """(n,) bool correctness of any classifier ``fn(x) -> logits (B, K)``, e.g. ``pcnet.rescaled_forward``.
 
-    Uses the same corruption stream as :func:`evaluate_dynamics` for equal ``seed`` and batch size.
+    Uses the same corruption stream as :func:`evaluate_dynamics` for equal ``seed`` and batch size. Batches
+    run on ``device``; by default on ``fn``'s device and dtype when it is a module, else on the CPU.
     """
+    if device is None:
+        device, dtype = devices.of(fn) if isinstance(fn, torch.nn.Module) else (torch.device("cpu"), None)
+    else:
+        dtype = None
     g, out = torch.Generator().manual_seed(seed), []
     for x, y in tqdm(_loader(data, batch_size), desc="feedforward", leave=False, disable=not progress):
         if corrupt is not None:
             x = corrupt(x, generator=g)
-        logits = fn(x.to(device))  # (B, K)
+        logits = fn(x.to(device=device, dtype=dtype))  # (B, K)
         out.append((logits.argmax(-1).cpu() == y))
     return torch.cat(out)
 
@@ -213,14 +218,14 @@ def state_distance_over_time(net, clean: torch.Tensor, noisy: torch.Tensor, *, t
         raise ValueError(f"reference must be 'clean-t0' or 'clean-t', got {reference!r}")
     if clean.shape != noisy.shape:
         raise ValueError(f"clean and noisy batches differ in shape: {tuple(clean.shape)} vs {tuple(noisy.shape)}")
-    dev = _device_of(net)
-    tc = net.run(clean.to(dev), timesteps=timesteps, feedback=feedback, record=("states",))
-    tn = net.run(noisy.to(dev), timesteps=timesteps, feedback=feedback, record=("states",))
+    dev, dtype = devices.of(net)
+    tc = net.run(clean.to(dev, dtype), timesteps=timesteps, feedback=feedback, record=("states",))
+    tn = net.run(noisy.to(dev, dtype), timesteps=timesteps, feedback=feedback, record=("states",))
     out = torch.empty(timesteps + 1, len(tc.states))
     for n, (sc, sn) in enumerate(zip(tc.states, tn.states)):  # each (T+1, B, ...)
         for t in range(timesteps + 1):
             ref = sc[0] if reference == "clean-t0" else sc[t]
-            out[t, n] = correlation_distance(sn[t], ref).nanmean()
+            out[t, n] = correlation_distance(sn[t], ref).nanmean().item()
     return out
 
 

@@ -10,35 +10,43 @@ from __future__ import annotations
 
 import torch
 
+from pcnet.experiments import devices
+
 
 def accuracy_per_timestep(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Accuracy of logits ``(T+1, B, K)`` (or ``(B, K)``) against ``labels`` (B,); returns (T+1,) or scalar."""
     if logits.shape[-2] != labels.shape[0]:
         raise ValueError(f"logits batch {logits.shape[-2]} != labels {labels.shape[0]}")
-    return (logits.argmax(-1) == labels).float().mean(-1)
+    return (logits.argmax(-1) == labels.to(logits.device)).float().mean(-1).cpu()
 
 
 @torch.no_grad()
 def correct_per_timestep(predict, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500,
-                         dtype=torch.float32) -> torch.Tensor:
+                         dtype=torch.float32, device=None) -> torch.Tensor:
     """Run ``predict(x) -> logits (T+1, B, K)`` (or (B, K)) over ``images`` in batches; returns a bool tensor of
-    per-sample correctness (T+1, N) (or (1, N) for a plain classifier). uint8 images are scaled to [0, 1]."""
+    per-sample correctness (T+1, N) (or (1, N) for a plain classifier) on the CPU. uint8 images are scaled to
+    [0, 1]. Batches run on ``device``; by default on ``predict``'s device and dtype when it is a module, else
+    where the images are."""
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
         x = x.to(dtype) / 255 if x.dtype == torch.uint8 else x
+        if device is not None:
+            x = x.to(device)  # (B, ...)
+        elif isinstance(predict, torch.nn.Module):
+            x = x.to(*devices.of(predict))  # (B, ...) where the model is
         logits = predict(x)
         logits = logits[None] if logits.ndim == 2 else logits  # (T+1, B, K)
-        out.append(logits.argmax(-1) == labels[i:i + batch_size])
+        out.append((logits.argmax(-1).cpu() == labels[i:i + batch_size].cpu()))
     return torch.cat(out, dim=1)  # (T+1, N)
 
 
 def accuracy_grid(predict, cset: dict, *, batch_size: int = 500, progress: bool = True,
-                  reset=None) -> torch.Tensor:
+                  reset=None, device=None) -> torch.Tensor:
     """Accuracy (C, S, T+1) of ``predict`` on a corrupted set from ``pcnet.experiments.corruptions.corrupted_set`` (names in
     insertion order). Without ``reset`` all sets run through ``predict`` in large mixed batches; with
     ``reset()`` (test-time adaptation restarting from the source model) each corruption x severity is one
-    separate batch, with ``reset()`` called before it."""
+    separate batch, with ``reset()`` called before it. ``device``: as in :func:`correct_per_timestep`."""
     from tqdm.auto import tqdm
     names, labels = list(cset["images"]), cset["labels"]
     stack = torch.stack([cset["images"][n] for n in names])  # (C, S, N, ...)
@@ -48,7 +56,7 @@ def accuracy_grid(predict, cset: dict, *, batch_size: int = 500, progress: bool 
         parts = []
         for i in tqdm(range(0, len(flat), batch_size), desc="accuracy grid", disable=not progress, leave=False):
             parts.append(correct_per_timestep(predict, flat[i:i + batch_size], labels.repeat(c * s)[i:i + batch_size],
-                                              batch_size=batch_size))
+                                              batch_size=batch_size, device=device))
         correct = torch.cat(parts, dim=1)  # (T+1, C*S*N)
         return correct.view(-1, c, s, n).float().mean(-1).permute(1, 2, 0)  # (C, S, T+1)
     rows = []
@@ -56,7 +64,8 @@ def accuracy_grid(predict, cset: dict, *, batch_size: int = 500, progress: bool 
         per_sev = []
         for imgs in imgs_c:  # (N, ...) one corruption x severity
             reset()
-            per_sev.append(correct_per_timestep(predict, imgs, labels, batch_size=len(imgs)).float().mean(-1))
+            per_sev.append(correct_per_timestep(predict, imgs, labels, batch_size=len(imgs),
+                                                device=device).float().mean(-1))
         rows.append(torch.stack(per_sev))
     return torch.stack(rows)  # (C, S, T+1)
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pcnet.experiments import devices
+
 __all__ = [
     "BACKBONE_DEFAULTS",
     "FEEDBACK_DEFAULTS",
@@ -163,8 +165,8 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 1000) -> tuple[floa
     was_training = model.training
     model.eval()
     x, y = as_tensors(dataset)
-    device = next(model.parameters()).device
-    predictions = torch.cat([model(xb.to(device)).argmax(1).cpu() for xb in x.split(batch_size)])  # (N,)
+    device, dtype = devices.of(model)
+    predictions = torch.cat([model(xb.to(device, dtype)).argmax(1).cpu() for xb in x.split(batch_size)])  # (N,)
     model.train(was_training)
     return (predictions == y).float().mean().item(), predictions
 
@@ -181,8 +183,9 @@ def feedback_loss_on(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
     import pcnet
 
     x, _ = as_tensors(dataset)
-    per_layer = [pcnet.feedback_loss(net, xb)[1] * len(xb) for xb in x.split(batch_size)]  # each (N,)
-    return torch.stack(per_layer).sum(0) / len(x)
+    device, dtype = devices.of(net)
+    per_layer = [pcnet.feedback_loss(net, xb.to(device, dtype))[1] * len(xb) for xb in x.split(batch_size)]  # each (N,)
+    return (torch.stack(per_layer).sum(0) / len(x)).cpu()
 
 
 @torch.no_grad()
@@ -190,14 +193,16 @@ def feedback_baseline_loss(net, dataset, *, batch_size: int = 500) -> torch.Tens
     """Per-layer loss (eq-feedback-loss) of the best constant prediction, the dataset mean of every target
     value: the targets' variance, averaged over their values. Tensor(N)."""
     x, _ = as_tensors(dataset)
+    device, dtype = devices.of(net)
     sums = squares = None
     for xb in x.split(batch_size):
+        xb = xb.to(device, dtype)  # (B,C,H,W) where the network is
         states = net.run(xb, timesteps=0, record=("states",)).states  # N tensors (1,B,...)
         targets = [xb.double()] + [s[0].double() for s in states[:-1]]  # e_{n-1}(0), each (B,...)
         batch_sums, batch_squares = [t.sum(0) for t in targets], [(t**2).sum(0) for t in targets]
         sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
         squares = batch_squares if squares is None else [a + b for a, b in zip(squares, batch_squares)]
-    return torch.stack([(q / len(x) - (s / len(x)) ** 2).mean() for s, q in zip(sums, squares)]).float()
+    return torch.stack([(q / len(x) - (s / len(x)) ** 2).mean() for s, q in zip(sums, squares)]).float().cpu()
 
 
 def state_fingerprint(module: nn.Module) -> str:
@@ -220,14 +225,20 @@ def seeded_prednet(backbone: nn.Module, *, name: str = "fmnist_vgg", seed: int =
 
 
 def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, seed: int,
-                   checkpoint=None, val_set=None, progress: bool = True) -> dict:
+                   checkpoint=None, val_set=None, progress: bool = True, precision: str | None = None) -> dict:
     """Train only the decoders of PredNet `net` on eq-feedback-loss (Adam, schedule of `lr_at`); the
     backbone stays frozen in eval mode, BatchNorm running statistics included. history: `step_loss`
-    (per batch and layer), `epoch_loss`, `val_loss` (per epoch and layer), `seconds`."""
+    (per batch and layer), `epoch_loss`, `val_loss` (per epoch and layer), `seconds`.
+
+    Batches go to the network's device and dtype (`net.to("cuda")` trains on the GPU); `precision="bf16"`
+    runs the steps under bf16 autocast (fp16 would need loss scaling: use bf16)."""
     import pcnet
 
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"precision must be None, 'fp32' or 'bf16' for training, got {precision!r}")
     torch.manual_seed(seed)
     x, _ = as_tensors(train_set)
+    device, dtype = devices.of(net)
     optimizer = torch.optim.Adam(net.decoders.parameters(), lr=lr)
     config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x))
     start, history = _resume(checkpoint, config, {"decoders": net.decoders, "optimizer": optimizer})
@@ -238,7 +249,8 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
         t0, losses, batches = time.perf_counter(), [], _batches(len(x), batch_size, seed=seed, epoch=epoch)
         for i, index in enumerate(tqdm(batches, desc=f"feedback epoch {epoch + 1}/{epochs}", disable=not progress)):
             _set_lr(optimizer, lr_at(epoch * len(batches) + i, total, lr))  # eq-lr-schedule
-            losses.append(pcnet.feedback_step(net, x[index], optimizer))  # (N,)
+            with devices.autocast(device, precision):
+                losses.append(pcnet.feedback_step(net, x[index].to(device, dtype), optimizer).float().cpu())  # (N,)
         history["step_loss"] += torch.stack(losses).tolist()
         history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
         history["val_loss"].append(feedback_loss_on(net, val_set).tolist() if val_set is not None else None)

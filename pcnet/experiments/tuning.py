@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .evaluate import Corruption, _device_of, corrupt_dataset, evaluate_dynamics
+from . import devices
+from .evaluate import Corruption, corrupt_dataset, evaluate_dynamics
 
 HPARAMS = ("beta", "lam", "alpha")
 
@@ -112,7 +113,7 @@ def tune_hparams(net, val_set: Dataset | DataLoader, *, timesteps: int, corrupt:
         raise ValueError("tune_hparams needs timesteps >= 1")
     ids = {id(p) for p in params}
     frozen = [(p, p.requires_grad) for p in net.parameters() if id(p) not in ids]
-    device = _device_of(net)
+    device, dtype = devices.of(net)
     g_noise = torch.Generator().manual_seed(seed)
     loader = DataLoader(val_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.Adam(params, lr=lr)
@@ -129,7 +130,7 @@ def tune_hparams(net, val_set: Dataset | DataLoader, *, timesteps: int, corrupt:
                 for x, y in loader:
                     if corrupt is not None:
                         x = corrupt(x, generator=g_noise)
-                    loss = dynamics_loss(net, x.to(device), y.to(device), timesteps=timesteps)
+                    loss = dynamics_loss(net, x.to(device, dtype), y.to(device), timesteps=timesteps)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
