@@ -26,14 +26,14 @@ def load_cifar10_c(root: str | os.PathLike, *, names=COMMON, severities=SEVERITI
     ``<name>.npy``; each file stacks severities 1..5 of the 10,000 test images). Same dict as ``corrupted_set``
     with uint8 images (S, N, 3, 32, 32)."""
     root = Path(root)
-    if not (root / "labels.npy").exists():
-        raise FileNotFoundError(f"no CIFAR-10-C at {root} (expected labels.npy and <corruption>.npy). On a "
-                                f"connected machine run pcnet.experiments.corruptions.download_cifar10_c({str(root)!r}) "
-                                f"or fetch {CIFAR10_C_URL} and untar it there.")
     for name in names:
         _check(name, 1)  # also keeps names like "../x" from reaching the file system
     for severity in severities:
         _check(names[0] if names else "brightness", severity)
+    if not (root / "labels.npy").exists():
+        raise FileNotFoundError(f"no CIFAR-10-C at {root} (expected labels.npy and <corruption>.npy). On a "
+                                f"connected machine run pcnet.experiments.corruptions.download_cifar10_c({str(root)!r}) "
+                                f"or fetch {CIFAR10_C_URL} and untar it there.")
     labels = torch.from_numpy(np.load(root / "labels.npy")[:10000].astype(np.int64))
     out = {}
     for name in names:
