@@ -31,8 +31,8 @@ def feedback_step(net, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> tor
     optimizer.zero_grad(set_to_none=True)
     total, per_layer = feedback_loss(net, x)
     if not torch.isfinite(total):
-        raise FloatingPointError(f"the feedback loss is not finite (per layer: {per_layer.tolist()}); the decoders "
-                                 f"are unchanged. Lower the learning rate or check the decoder weights")
+        raise FloatingPointError(f"the feedback loss is not finite (per layer: {per_layer.tolist()}); this step was "
+                                 f"not taken. Lower the learning rate or check the decoder weights")
     total.backward()
     params = [p for p in net.decoders.parameters() if p.grad is not None]
     before = [p.detach().clone() for p in params]
@@ -47,5 +47,5 @@ def feedback_step(net, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> tor
                 p.copy_(old)
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"non-finite gradient or weights in decoder(s) {bad} (loss {per_layer.tolist()}); "
-                                 f"the decoders are unchanged. Lower the learning rate")
+                                 f"this step was undone. Lower the learning rate")
     return per_layer

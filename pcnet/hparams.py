@@ -114,13 +114,13 @@ class Hyperparameters(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """Casts such as ``.to(torch.bfloat16)`` keep beta, lam, alpha at their precision (devices still follow)."""
-        kept = {k: t for k, t in [*self._parameters.items(), *self._buffers.items()] if t is not None}
+        kept = {k: t.detach() for k, t in [*self._parameters.items(), *self._buffers.items()] if t is not None}
         super()._apply(fn, recurse)
         for k, old in kept.items():
             new = getattr(self, k)
             if new.is_floating_point() and torch.finfo(new.dtype).eps > torch.finfo(old.dtype).eps:  # rounded
                 if k in self._parameters:
-                    new.data = old.data.to(device=new.device)
+                    new.data = old.to(device=new.device)
                 else:
                     self._buffers[k] = old.to(device=new.device)
         return self

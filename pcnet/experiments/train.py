@@ -93,8 +93,8 @@ def _resume(checkpoint, config: dict, modules: dict) -> tuple[int, dict | None]:
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, garbage, or not a torch file
-        raise RuntimeError(f"checkpoint {checkpoint} is unreadable ({type(err).__name__}: {err}); delete it to "
-                           f"start afresh") from err
+        raise RuntimeError(f"checkpoint {checkpoint} is unreadable ({type(err).__name__}: truncated, damaged or not "
+                           f"a torch file); delete it to start afresh") from err
     if not isinstance(state, dict) or "config" not in state:
         raise RuntimeError(f"checkpoint {checkpoint} is not a training checkpoint; delete it to start afresh")
     if state["config"] != config:
@@ -264,8 +264,8 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
             except (FloatingPointError, ValueError) as err:
                 net.decoders.load_state_dict(initial)
                 raise FloatingPointError(f"feedback training stopped at epoch {epoch + 1}, batch {i + 1} of "
-                                         f"{len(batches)} (lr {lr}): {err}. The decoders are back as they were "
-                                         f"before training; lower lr or fix the data of that batch") from err
+                                         f"{len(batches)} (lr={lr}): {err} The decoders were put back as they were "
+                                         f"before training") from err
         history["step_loss"] += torch.stack(losses).tolist()
         history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
         history["val_loss"].append(feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
