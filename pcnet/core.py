@@ -58,7 +58,7 @@ class PredNet(nn.Module):
         """Logits at every timestep, shape (timesteps+1, B, K); index 0 is the plain feedforward pass."""
         return self.run(x, timesteps=timesteps, feedback=feedback).logits
 
-    @wiring.backbone_in_eval  # BatchNorm statistics used and kept whatever the backbone's training flag
+    @wiring.dynamics_call  # backbone in eval mode whatever its flag; torch.compile's grad-mode limit explained
     def run(self, x, *, timesteps: int = 0, feedback: str = "prediction", record: Sequence[str] = ()) -> Trace:
         """Run the dynamics and return a :class:`Trace` with the quantities named in ``record``."""
         self._check_input(x)
@@ -237,10 +237,6 @@ class PredNet(nn.Module):
                             f"{' after scaling integer pixels to floats' if not x.is_floating_point() else ''}")
         if x.device != p.device:
             raise ValueError(f"input is on {x.device} but the network is on {p.device}; move one: x.to('{p.device}')")
-        if torch.is_grad_enabled() and torch.compiler.is_compiling():
-            raise RuntimeError("torch.compile cannot run the dynamics with gradients enabled (the error gradient needs "
-                               "create_graph=True, a double backward, which compiled autograd does not support); call "
-                               "the compiled network under torch.no_grad() or torch.inference_mode(), or uncompiled")
         if x.shape[0] == 0:
             raise ValueError("input has an empty batch (shape[0] == 0); pass at least one image")
         if not torch.isfinite(x).all():

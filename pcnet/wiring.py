@@ -104,12 +104,22 @@ def eval_mode(model: nn.Module):
                     m.training = flag
 
 
-def backbone_in_eval(method):
-    """Decorator for a PredNet method: it runs with ``self.backbone`` in :func:`eval_mode`."""
+def dynamics_call(method):
+    """Decorator for a PredNet method that runs the dynamics: ``self.backbone`` is in :func:`eval_mode` for the
+    call, and torch.compile's failure in grad mode (a compiled backward cannot build the second-order graph
+    that the error gradient needs) becomes an error that says what to do."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with eval_mode(self.backbone):
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except RuntimeError as err:
+                if "donated buffers" in str(err) or "double backward" in str(err):
+                    raise RuntimeError("torch.compile cannot run the dynamics with gradients enabled (the error "
+                                       "gradient needs create_graph=True, a double backward, which compiled autograd "
+                                       "does not support); call the compiled network under torch.no_grad() or "
+                                       "torch.inference_mode(), or call it uncompiled") from err
+                raise
     return wrapper
 
 

@@ -171,3 +171,14 @@ def test_load_cifar10_c_names_are_checked_before_reading(tmp_path):
     (tmp_path / "labels.npy").write_bytes(b"")
     with pytest.raises(ValueError, match="unknown corruption '../labels'"):
         corruptions.load_cifar10_c(tmp_path, names=("../labels",))
+
+
+@pytest.mark.parametrize("content", ["truncated", "not gzip"])
+def test_damaged_cached_data_file_names_the_file_and_the_fix(tmp_path, content):
+    import gzip
+    body = gzip.compress(bytes(range(256)) * 64)
+    raw = body[: len(body) // 2] if content == "truncated" else b"plain bytes, not gzip"
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / f"{name}.gz").write_bytes(raw)
+    with pytest.raises(RuntimeError, match=r"t10k-images-idx3-ubyte.gz cannot be read.*truncated or not gzip.*Delete it"):
+        data.fashion_mnist(split="test", root=tmp_path)
