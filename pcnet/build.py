@@ -23,6 +23,8 @@ def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[in
     ``beta``, ``lam``, ``alpha``: a scalar (``lam`` then applies below the top PCoder) or one value per layer.
     ``error_scale``: "projective" (per-sample, 1/sqrt(C)) or "mean" (the original package's batch mean);
     see :func:`pcnet.dynamics.error_scale`. The model is put in eval mode and otherwise left untouched.
+    The PredNet may be called from several threads, next to other PredNets on the same model or plain
+    ``model(x)`` calls (see :class:`~pcnet.core.PredNet`); each call runs the model in eval mode.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
