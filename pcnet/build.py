@@ -23,9 +23,14 @@ def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[in
     ``beta``, ``lam``, ``alpha``: a scalar (``lam`` then applies below the top PCoder) or one value per layer.
     ``error_scale``: "projective" (per-sample, 1/sqrt(C)) or "mean" (the original package's batch mean);
     see :func:`pcnet.dynamics.error_scale`. The model is put in eval mode and otherwise left untouched.
+    The PredNet may be called from several threads, next to other PredNets on the same model or plain
+    ``model(x)`` calls (see :class:`~pcnet.core.PredNet`); each call runs the model in eval mode.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, PredNet):
+        raise TypeError("model is already a PredNet; predify its backbone instead: predify(net.backbone, ...)")
+    wiring.check_materialised(model, what="model")
     dynamics.error_scale(mode=error_scale, projective_field=1.0, batch=1, numel=1)  # raises for an unknown mode
     layers = list(layers) if not isinstance(layers, str) else layers
     was_training = model.training
@@ -39,7 +44,7 @@ def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[in
         model.train(was_training)
         raise
     fields = [dec.projective_field_size(d, source=s) for d, s in zip(decoders, probed["shapes"])]
-    return PredNet(model, layers=layers, input_shape=tuple(int(s) for s in input_shape), shapes=probed["shapes"],
+    return PredNet(model, layers=layers, input_shape=wiring.check_input_shape(input_shape), shapes=probed["shapes"],
                    decoders=decoders, hyper=hyper, error_scale=error_scale, projective_fields=fields)
 
 
@@ -57,9 +62,10 @@ def _decoders(model, layers, input_shape, probed, given) -> list[nn.Module]:
     for n, d in enumerate(given):
         if not isinstance(d, nn.Module) or next(d.parameters(), None) is None:
             raise TypeError(f"decoder {n} must be an nn.Module with parameters, got {type(d).__name__}")
+        wiring.check_materialised(d, what=f"decoder {n}")
         if p is not None:
             d.to(device=p.device, dtype=p.dtype)
-        out_shape = _output_shape(d, shapes[n])
+        out_shape = _output_shape(d, shapes[n], n=n)
         if out_shape != tuple(targets[n]):
             below = "the image" if n == 0 else f"layer {layers[n - 1]!r}"
             raise ValueError(f"decoder {n} (for layer {layers[n]!r}) maps {tuple(shapes[n])} to {out_shape}, "
@@ -67,7 +73,7 @@ def _decoders(model, layers, input_shape, probed, given) -> list[nn.Module]:
     return given
 
 
-def _output_shape(decoder: nn.Module, source) -> tuple:
+def _output_shape(decoder: nn.Module, source, *, n: int) -> tuple:
     """The decoder's output shape for one state of shape ``source``, computed on the meta device (no compute)."""
     meta = {k: torch.empty_like(v, device="meta") for k, v in list(decoder.named_parameters()) + list(decoder.named_buffers())}
     try:
@@ -76,4 +82,7 @@ def _output_shape(decoder: nn.Module, source) -> tuple:
         p = next(decoder.parameters())
         with torch.no_grad():
             out = decoder(torch.zeros(1, *source, device=p.device, dtype=p.dtype))
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"decoder {n} returns {type(out).__name__}, not one tensor; make its forward return only "
+                        f"the prediction")
     return tuple(out.shape[1:])

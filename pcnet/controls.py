@@ -19,5 +19,5 @@ def rescaled_forward(net, x: torch.Tensor, *, scale) -> torch.Tensor:
     def rescale(n, out):
         return out * factors[n]  # (B, C, H, W)
 
-    with wiring.hooked(net.pc_modules(), rescale):
+    with wiring.eval_mode(net.backbone), wiring.hooked(net.pc_modules(), rescale):
         return net.backbone(x)

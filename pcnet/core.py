@@ -31,7 +31,14 @@ class Trace:
 
 
 class PredNet(nn.Module):
-    """A predified backbone; build it with :func:`predify`."""
+    """A predified backbone; build it with :func:`predify`.
+
+    Concurrency: the temporary hooks of a call act only in the thread that made the call, so the same
+    PredNet called from several threads, several PredNets on one backbone, and a plain ``backbone(x)`` in
+    another thread all give the results they give alone. Every call runs the backbone in eval mode
+    (BatchNorm running statistics used, never updated) whatever its training flag, which is restored
+    afterwards; while a call runs, other threads see the backbone in eval mode too.
+    """
 
     def __init__(self, backbone, *, layers, input_shape, shapes, decoders, hyper, error_scale, projective_fields):
         super().__init__()
@@ -54,6 +61,7 @@ class PredNet(nn.Module):
         """Logits at every timestep, shape (timesteps+1, B, K); index 0 is the plain feedforward pass."""
         return self.run(x, timesteps=timesteps, feedback=feedback, **options).logits
 
+    @wiring.dynamics_call  # backbone in eval mode whatever its flag; torch.compile's grad-mode limit explained
     def run(self, x, *, timesteps: int = 0, feedback: str = "prediction", record: Sequence[str] = (),
             detach_error: bool = False, truncate: int = 0, reference: bool = False) -> Trace:
         """Run the dynamics and return a :class:`Trace` with the quantities named in ``record``.
@@ -102,6 +110,13 @@ class PredNet(nn.Module):
     def unwrap(self) -> nn.Module:
         """The original backbone, unchanged (no hooks stay attached)."""
         return self.backbone
+
+    def _apply(self, fn, recurse=True):
+        """Casts such as ``net.to(torch.bfloat16)`` keep the projective fields in float64 (devices still follow)."""
+        fields = self.projective_fields
+        super()._apply(fn, recurse)
+        self.projective_fields = fields.to(device=self.projective_fields.device)
+        return self
 
     def train(self, mode: bool = True):
         """Decoders follow ``mode``; the backbone always stays in eval mode (frozen BatchNorm statistics)."""
@@ -240,6 +255,11 @@ class PredNet(nn.Module):
                             f"{' after scaling integer pixels to floats' if not x.is_floating_point() else ''}")
         if x.device != p.device:
             raise ValueError(f"input is on {x.device} but the network is on {p.device}; move one: x.to('{p.device}')")
+        if x.shape[0] == 0:
+            raise ValueError("input has an empty batch (shape[0] == 0); pass at least one image")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"input has {int((~torch.isfinite(x)).sum())} NaN or infinite values; replace them "
+                             f"(e.g. torch.nan_to_num(x)) or drop those images")
 
     @staticmethod
     def _check_options(timesteps, feedback, record, truncate):

@@ -22,7 +22,13 @@ def per_layer(value: float | Sequence[float] | torch.Tensor, *, n: int, name: st
 
     With ``top_zero`` (lam), a scalar applies to layers 1..n-1 and the top layer gets 0.
     """
-    t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    try:
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError
+        t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number or a sequence of numbers (one per PCoder), got {value!r}; "
+                        f"e.g. {name}=0.1") from None
     if t.dim() == 0:
         t = t.repeat(n)  # (n,)
         if top_zero:
@@ -54,6 +60,8 @@ class Hyperparameters(nn.Module):
 
     def __init__(self, *, n: int, beta, lam, alpha, learnable: bool = False):
         super().__init__()
+        if not isinstance(learnable, bool):
+            raise TypeError(f"learnable must be True or False, got {learnable!r}")
         self.n, self.learnable = n, learnable
         beta, lam, alpha = self._checked(beta, lam, alpha)
         if learnable:
@@ -86,6 +94,36 @@ class Hyperparameters(nn.Module):
         probs = torch.stack([beta, lam, memory], dim=1).clamp_min(LEARNABLE_FLOOR)  # (N, 3)
         self.logits.copy_(probs.log())
         self.log_alpha.copy_(alpha.clamp_min(LEARNABLE_FLOOR * 1e-2).log())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Loading validates the values first: an out-of-range beta, lam or alpha is refused, nothing changes."""
+        if not self.learnable and all(prefix + k in state_dict for k in ("beta", "lam", "alpha")):
+            try:
+                validate(*(torch.as_tensor(state_dict[prefix + k], dtype=torch.float64).cpu()
+                           for k in ("beta", "lam", "alpha")))
+            except ValueError as err:
+                error_msgs.append(f"hyperparameters in the state dict are invalid: {err}")
+                return
+        if self.learnable and any(prefix + k in state_dict and not torch.isfinite(state_dict[prefix + k]).all()
+                                  for k in ("logits", "log_alpha")):
+            error_msgs.append("learnable hyperparameters in the state dict have NaN or infinite values")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _apply(self, fn, recurse=True):
+        """Casts such as ``.to(torch.bfloat16)`` keep beta, lam, alpha at their precision (devices still follow)."""
+        kept = {k: t.detach() for k, t in [*self._parameters.items(), *self._buffers.items()] if t is not None}
+        super()._apply(fn, recurse)
+        for k, old in kept.items():
+            new = getattr(self, k)
+            if new.is_floating_point() and torch.finfo(new.dtype).eps > torch.finfo(old.dtype).eps:  # rounded
+                if k in self._parameters:
+                    new.data = old.to(device=new.device)
+                else:
+                    self._buffers[k] = old.to(device=new.device)
+        return self
 
     def values(self) -> dict[str, torch.Tensor]:
         """{"beta", "lam", "alpha"} -> tensors (N,), differentiable in the learnable form."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import numbers
+import threading
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
@@ -31,10 +33,14 @@ def resolve(model: nn.Module, layers: Sequence[str]) -> list[nn.Module]:
 def hooked(modules: Sequence[nn.Module], fn: Callable[[int, torch.Tensor], torch.Tensor | None]):
     """Forward hooks calling ``fn(n, output)`` on each module for the duration of the block only.
 
-    Whatever ``fn`` returns (if not None) replaces the module's output. The hooks are always removed,
-    so nothing stays attached to the user's model.
+    Whatever ``fn`` returns (if not None) replaces the module's output. The hooks act only in the thread
+    that entered the block: a forward pass of the same modules in another thread (a plain ``model(x)``,
+    another PredNet on the same backbone, the same PredNet called concurrently) runs as if they were not
+    there. The hooks are always removed, so nothing stays attached to the user's model.
     """
-    handles = [m.register_forward_hook(functools.partial(_call, fn=fn, n=n)) for n, m in enumerate(modules)]
+    owner = threading.get_ident()
+    handles = [m.register_forward_hook(functools.partial(_call, fn=fn, n=n, owner=owner))
+               for n, m in enumerate(modules)]
     try:
         yield
     finally:
@@ -66,17 +72,62 @@ def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def _call(module, inputs, output, *, fn, n):
+def _call(module, inputs, output, *, fn, n, owner):
+    if threading.get_ident() != owner:
+        return None  # another thread's forward pass: leave it alone
     return fn(n, output)
+
+
+_eval_lock = threading.Lock()
+_eval_users: dict[int, list] = {}  # id(model) -> [number of active blocks, saved training flags]
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run the block with every module of ``model`` in eval mode (BatchNorm uses and keeps its running
+    statistics, Dropout is off), whatever the user set; the flags are restored when the last concurrent
+    block on ``model`` ends. While any such block runs, other threads see ``model`` in eval mode too."""
+    with _eval_lock:
+        users = _eval_users.setdefault(id(model), [0, None])
+        if users[0] == 0:
+            users[1] = [(m, m.training) for m in model.modules()]
+            if any(flag for _, flag in users[1]):
+                model.eval()
+        users[0] += 1
+    try:
+        yield model
+    finally:
+        with _eval_lock:
+            users[0] -= 1
+            if users[0] == 0:
+                for m, flag in _eval_users.pop(id(model))[1]:
+                    m.training = flag
+
+
+def dynamics_call(method):
+    """Decorator for a PredNet method that runs the dynamics: ``self.backbone`` is in :func:`eval_mode` for the
+    call, and torch.compile's failure in grad mode (a compiled backward cannot build the second-order graph
+    that the error gradient needs) becomes an error that says what to do."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with eval_mode(self.backbone):
+            try:
+                return method(self, *args, **kwargs)
+            except RuntimeError as err:
+                if "donated buffers" in str(err) or "double backward" in str(err):
+                    raise RuntimeError("torch.compile cannot run the dynamics with gradients enabled (the error "
+                                       "gradient needs create_graph=True, a double backward, which compiled autograd "
+                                       "does not support); call the compiled network under torch.no_grad() or "
+                                       "torch.inference_mode(), or call it uncompiled") from err
+                raise
+    return wrapper
 
 
 @torch.no_grad()
 def probe(model: nn.Module, layers: Sequence[str], modules: Sequence[nn.Module], input_shape) -> dict:
     """One forward pass on a fixed random input: each layer's output shape, whether it is non-negative,
     and checks that every layer runs exactly once, in the order given."""
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
+    input_shape = check_input_shape(input_shape)
     p = next(model.parameters(), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
     gen = torch.Generator().manual_seed(0)
@@ -94,8 +145,16 @@ def probe(model: nn.Module, layers: Sequence[str], modules: Sequence[nn.Module],
 
     versions: dict[int, int] = {}
     with hooked(modules, record):
-        model(x)
+        try:
+            model(x)
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(f"the model cannot run on input_shape={input_shape} ({type(err).__name__}: {err}); pass "
+                             f"the (channels, height, width) of the images the model takes") from err
     _check_calls(layers, calls)
+    for n, out in seen.items():
+        if out.dim() != 4:
+            raise ValueError(f"layer {layers[n]!r} outputs shape {tuple(out.shape)}, not a feature map (batch, "
+                             f"channels, height, width); a PCoder needs a convolutional layer (not Linear or Flatten)")
     for n, out in seen.items():
         if out._version != versions[n]:
             raise ValueError(f"the output of layer {layers[n]!r} is changed in place later in the forward pass "
@@ -103,6 +162,22 @@ def probe(model: nn.Module, layers: Sequence[str], modules: Sequence[nn.Module],
                              f"the final value (e.g. that ReLU) or build the model with inplace=False")
     return {"shapes": [tuple(seen[n].shape[1:]) for n in range(len(layers))],
             "nonnegative": [bool((seen[n] >= 0).all()) for n in range(len(layers))]}
+
+
+def check_input_shape(input_shape) -> tuple[int, int, int]:
+    """``input_shape`` as a tuple of three positive ints (channels, height, width), or a clear error."""
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or len(input_shape) != 3 \
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in input_shape):
+        raise ValueError(f"input_shape must be (channels, height, width), three positive integers, got "
+                         f"{input_shape!r}; e.g. input_shape=(3, 224, 224)")
+    return tuple(int(s) for s in input_shape)
+
+
+def check_materialised(module: nn.Module, *, what: str) -> None:
+    """A clear error when ``module`` has parameters or buffers on the meta device (shapes only, no values)."""
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        raise ValueError(f"{what} has parameters on the meta device (shapes without values); materialise it first, "
+                         f"e.g. module.to_empty(device='cpu') then load_state_dict(...)")
 
 
 def _check_calls(layers: Sequence[str], calls: list[int]) -> None:

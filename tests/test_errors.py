@@ -7,6 +7,7 @@ import torchvision
 from torch import nn
 
 import pcnet
+import pcnet.experiments.models
 
 
 def small_cnn():
@@ -172,3 +173,85 @@ def test_torchvision_weights_offline_error_names_the_fix(monkeypatch):
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match=r"downloaded from the internet.*weights=None"):
         pcnet.experiments.models.presnet18(weights="DEFAULT", image_size=32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: bad inputs that used to crash without naming the fix, or gave a silently wrong result
+
+class TupleDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.up(x), None  # (prediction, extra): not one tensor
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"input_shape": (1, 2, 2)}, ValueError, r"cannot run on input_shape=\(1, 2, 2\).*Output size is too small"),
+    ({"input_shape": (1, -16, 16)}, ValueError, r"three positive integers, got \(1, -16, 16\)"),
+    ({"input_shape": (1, 0, 16)}, ValueError, r"three positive integers, got \(1, 0, 16\)"),
+    ({"input_shape": (1, 16.5, 16)}, ValueError, r"three positive integers, got \(1, 16.5, 16\)"),
+    ({"input_shape": "1,16,16"}, ValueError, r"three positive integers, got '1,16,16'"),
+    ({"input_shape": (3, 16, 16)}, ValueError, r"cannot run on input_shape=\(3, 16, 16\).*channels"),
+    ({"layers": ["1", "7"]}, ValueError, r"layer '7' outputs shape \(2, 3\).*not Linear or Flatten"),
+    ({"layers": ["1", "6"]}, ValueError, r"layer '6' outputs shape \(2, 96\).*convolutional layer"),
+    ({"beta": "0.8"}, TypeError, r"beta must be a number.*got '0.8'"),
+    ({"beta": None}, TypeError, r"beta must be a number.*got None"),
+    ({"learnable": "no"}, TypeError, r"learnable must be True or False, got 'no'"),
+    ({"layers": ["1"], "decoders": [TupleDecoder()]}, TypeError, r"decoder 0 returns tuple, not one tensor"),
+    ({"layers": ["1"], "decoders": [nn.Sequential(nn.ConvTranspose2d(4, 1, 3, padding=1)).to("meta")]}, ValueError,
+     r"decoder 0 has parameters on the meta device.*to_empty"),
+])
+def test_predify_bad_arguments_name_the_fix(model, kwargs, error, message):
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(error, match=message):
+        pcnet.predify(model, **{"layers": ["1", "4"], "input_shape": (1, 16, 16), **kwargs})
+    assert unchanged(model, before)
+
+
+def test_model_on_meta_device_and_prednet_are_refused():
+    with pytest.raises(ValueError, match=r"model has parameters on the meta device.*to_empty"):
+        pcnet.predify(small_cnn().to("meta"), layers=["1"], input_shape=(1, 16, 16))
+    net = pcnet.predify(small_cnn(), layers=["1"], input_shape=(1, 16, 16))
+    with pytest.raises(TypeError, match=r"already a PredNet.*predify\(net.backbone"):
+        pcnet.predify(net, layers=["backbone.1"], input_shape=(1, 16, 16))
+
+
+@pytest.mark.parametrize("x,message", [
+    (torch.rand(0, 1, 16, 16), r"empty batch.*at least one image"),
+    (torch.full((2, 1, 16, 16), float("nan")), r"512 NaN or infinite values.*nan_to_num"),
+    (torch.rand(2, 1, 16, 16).index_fill_(0, torch.tensor([1]), float("inf")), r"256 NaN or infinite"),
+])
+def test_empty_or_non_finite_batches_are_refused(net, x, message):
+    for call in (lambda: net(x, timesteps=1), lambda: pcnet.feedback_loss(net, x)):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_load_state_dict_validates_hyperparameters(net):
+    state = net.state_dict()
+    state["hyper.beta"] = torch.tensor([1.5, 1.5], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"hyperparameters in the state dict are invalid: beta \+ lam must be <= 1"):
+        net.load_state_dict(state)
+    assert net.hparams()["beta"].tolist() == pytest.approx([0.8, 0.8])  # unchanged
+    learnable = pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16), learnable=True)
+    state = learnable.state_dict()
+    state["hyper.log_alpha"] = torch.tensor([float("nan"), 0.0])
+    with pytest.raises(RuntimeError, match="NaN or infinite"):
+        learnable.load_state_dict(state)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_low_precision_cast_keeps_hyperparameters_and_fields(learnable):
+    torch.manual_seed(0)
+    net = pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16), beta=0.3, lam=0.123456789,
+                        alpha=0.0123456789, learnable=learnable)
+    before, fields = net.hparams(), net.projective_fields.clone()
+    net.to(torch.bfloat16)
+    assert next(net.decoders.parameters()).dtype == torch.bfloat16  # the rest follows the cast
+    after = net.hparams()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-exact: no rounding to bfloat16
+    assert torch.equal(net.projective_fields, fields) and net.projective_fields.dtype == torch.float64
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 16, 16, dtype=torch.bfloat16), timesteps=1).dtype == torch.bfloat16

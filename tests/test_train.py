@@ -201,6 +201,7 @@ def test_cli_writes_weights_with_provenance(tmp_path, monkeypatch):
     train.main(["feedback", "--epochs", "1", "--limit", "64", "--seed", "1"])
     prov = pcnet.experiments.weights.load_provenance(models.feedback_weights_path(seed=1))
     assert prov["extra"]["backbone_before"] == prov["extra"]["backbone_after"]
+    assert prov["extra"]["fit"]["layers"] == models.FMNIST_VGG_LAYERS and prov["extra"]["options"]["val_size"] == 5000
     assert prov["extra"]["backbone_before"] == train.state_fingerprint(models.load_reference_backbone())
     net = models.load_reference_prednet(seed=1)
     assert len(pcnet.experiments.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_feedback_seed1_history.json")

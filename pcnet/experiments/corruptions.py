@@ -32,6 +32,8 @@ from PIL import Image
 from scipy.ndimage import map_coordinates, zoom as scizoom
 from skimage.filters import gaussian
 
+from .files import locked, save_torch_atomic, sha256_file, write_text_atomic
+
 COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
           "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
           "jpeg_compression")
@@ -269,18 +271,32 @@ def corrupt(images: torch.Tensor, *, name: str, severity: int, seed: int = 0,
     return torch.from_numpy(out).to(images.device, images.dtype)[:, None]  # (N, 1, H, W) where the input was
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _cache_manifest(path: Path) -> dict:
+    """The corruption cache's manifest {name: entry}; {} when absent or unreadable (its files are then remade)."""
+    try:
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # a cache: regenerating is the fix, and the next write replaces the file
+    return manifest if isinstance(manifest, dict) else {}
 
 
-def _atomic_save(obj, path: Path):
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _cached(path: Path, entry, severities):
+    """The cached stack at ``path`` if its sha256 matches ``entry`` and it has ``severities``; else None."""
+    if not (path.exists() and isinstance(entry, dict) and entry.get("sha256") == sha256_file(path)
+            and set(severities) <= set(entry.get("severities", ()))):
+        return None
+    data = torch.load(path, weights_only=True)
+    return data[[entry["severities"].index(s) for s in severities]]
+
+
+def _store(path: Path, stack: torch.Tensor, manifest_path: Path, name: str, entry: dict) -> None:
+    """Write ``stack`` and its manifest entry; the manifest is re-read under an inter-process lock, so several
+    processes filling the same cache never lose each other's entries."""
+    with locked(manifest_path):
+        save_torch_atomic(stack, path)
+        manifest = _cache_manifest(manifest_path)
+        manifest[name] = {"sha256": sha256_file(path), **entry}
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def corrupted_set(images: torch.Tensor, labels: torch.Tensor, *, names=ALL, severities=SEVERITIES, seed: int = 0,
@@ -308,26 +324,19 @@ def corrupted_set(images: torch.Tensor, labels: torch.Tensor, *, names=ALL, seve
     folder = Path(cache_dir) / f"{key.hexdigest()[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "MANIFEST.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     out, seconds = {}, 0.0
     for name in tqdm(names, desc="corruptions", disable=not progress):
-        path = folder / f"{name}.pt"
-        entry = manifest.get(name)
-        if path.exists() and entry and entry["sha256"] == _sha256(path) and \
-                set(severities) <= set(entry["severities"]):
-            data = torch.load(path, weights_only=True)
-            out[name] = data[[entry["severities"].index(s) for s in severities]]
+        cached = _cached(folder / f"{name}.pt", _cache_manifest(manifest_path).get(name), severities)
+        if cached is not None:
+            out[name] = cached
             continue
         t0 = time.perf_counter()
         stack = torch.stack([(corrupt(images, name=name, severity=s, seed=seed) * 255).round().to(torch.uint8)
                              for s in severities])  # (S, N, 1, H, W)
         seconds += time.perf_counter() - t0
-        _atomic_save(stack, path)
-        manifest[name] = {"sha256": _sha256(path), "severities": list(severities), "seed": seed,
-                          "n_images": int(images.shape[0]), "constants": "CIFAR-10-C"}
-        tmp = manifest_path.with_name("MANIFEST.json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, manifest_path)
+        entry = {"severities": list(severities), "seed": seed, "n_images": int(images.shape[0]),
+                 "constants": "CIFAR-10-C"}
+        _store(folder / f"{name}.pt", stack, manifest_path, name, entry)
         out[name] = stack
     return {"images": out, "labels": labels.clone(), "severities": severities, "seconds": seconds,
             "folder": str(folder)}
@@ -345,67 +354,6 @@ def stratified_subset(labels: torch.Tensor, *, per_class: int, seed: int = 0) ->
     return torch.sort(torch.cat(picks)).values
 
 
-# ----------------------------------------------------------------------------- published sets
-CIFAR10_C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar"
-IMAGENET_C_URLS = {f: f"https://zenodo.org/records/2235448/files/{f}.tar"
-                   for f in ("blur", "digital", "extra", "noise", "weather")}
-
-
-def load_cifar10_c(root: str | os.PathLike, *, names=COMMON, severities=SEVERITIES) -> dict:
-    """Load the published CIFAR-10-C ``.npy`` files from ``root`` (a folder holding ``labels.npy`` and
-    ``<name>.npy``; each file stacks severities 1..5 of the 10,000 test images). Same dict as ``corrupted_set``
-    with uint8 images (S, N, 3, 32, 32)."""
-    root = Path(root)
-    if not (root / "labels.npy").exists():
-        raise FileNotFoundError(f"no CIFAR-10-C at {root} (expected labels.npy and <corruption>.npy). On a "
-                                f"connected machine run pcnet.experiments.corruptions.download_cifar10_c({str(root)!r}) "
-                                f"or fetch {CIFAR10_C_URL} and untar it there.")
-    labels = torch.from_numpy(np.load(root / "labels.npy")[:10000].astype(np.int64))
-    out = {}
-    for name in names:
-        arr = np.load(root / f"{name}.npy", mmap_mode="r").reshape(5, 10000, 32, 32, 3)
-        out[name] = torch.from_numpy(np.ascontiguousarray(arr[[s - 1 for s in severities]])).permute(0, 1, 4, 2, 3)
-    return {"images": out, "labels": labels, "severities": tuple(severities), "seconds": 0.0, "folder": str(root)}
-
-
-def _download(url: str, root: Path) -> None:
-    """Download ``url`` into ``root`` and extract the tar there (atomic: a failed download leaves nothing)."""
-    import tarfile
-    import urllib.request
-    root.mkdir(parents=True, exist_ok=True)
-    tar = root / url.rsplit("/", 1)[-1]
-    try:
-        if not tar.exists():
-            urllib.request.urlretrieve(url, tar.with_suffix(".part"))
-            os.replace(tar.with_suffix(".part"), tar)
-    except OSError as err:
-        tar.with_suffix(".part").unlink(missing_ok=True)  # nothing half-written is left behind
-        raise RuntimeError(f"could not download {url} ({err}); this machine is offline? Copy the extracted "
-                           f"folder to {root} instead.") from err
-    with tarfile.open(tar) as t:
-        t.extractall(root, filter="data")
-
-
-def download_cifar10_c(root: str | os.PathLike) -> Path:
-    """Download and extract CIFAR-10-C (2.9 GB) into ``root``; needs internet (e.g. Colab)."""
-    _download(CIFAR10_C_URL, Path(root))
-    return Path(root) / "CIFAR-10-C"
-
-
-def download_imagenet_c(root: str | os.PathLike, *, families=tuple(IMAGENET_C_URLS)) -> Path:
-    """Download and extract the ImageNet-C family archives (``noise``, ``blur``, ...; tens of GB) into ``root``."""
-    for family in families:
-        _download(IMAGENET_C_URLS[family], Path(root))
-    return Path(root)
-
-
-def load_imagenet_c(root: str | os.PathLike, *, name: str, severity: int, transform=None):
-    """The published ImageNet-C folder ``root/<name>/<severity>/<wnid>/*.JPEG`` as a torchvision ImageFolder."""
-    from torchvision.datasets import ImageFolder
-    _check(name, severity)
-    folder = Path(root) / name / str(severity)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no ImageNet-C images at {folder}. On a connected machine run "
-                                f"pcnet.experiments.corruptions.download_imagenet_c({str(root)!r}) (archives: "
-                                f"{sorted(IMAGENET_C_URLS.values())}).")
-    return ImageFolder(str(folder), transform=transform)
+# the published CIFAR-10-C / ImageNet-C sets live in published.py; their names stay available from here
+from .published import (ARCHIVE_MD5, CIFAR10_C_URL, IMAGENET_C_URLS, download_cifar10_c,  # noqa: E402,F401
+                        download_imagenet_c, load_cifar10_c, load_imagenet_c)

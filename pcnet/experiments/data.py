@@ -59,7 +59,11 @@ def _check_split(split: str) -> None:
 
 def _read_idx(path: pathlib.Path) -> np.ndarray:
     """Read one (optionally gzipped) idx file, checking its content sha256."""
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a truncated stream is an EOFError
+        raise RuntimeError(f"{path} cannot be read ({type(err).__name__}: {err}): the file is truncated or not "
+                           f"gzip. Delete it and load again.") from err
     name = path.name.removesuffix(".gz")
     digest = hashlib.sha256(raw).hexdigest()
     if name in _FASHION_SHA256 and digest != _FASHION_SHA256[name]:

@@ -120,12 +120,18 @@ def _weights_dir() -> Path:
 
 def reference_weights_path(name: str = "fmnist_vgg") -> Path:
     """Path of a committed backbone state dict, e.g. data/weights/fmnist_vgg.pt."""
-    return _weights_dir() / f"{name}.pt"
+    from pcnet.experiments.files import safe_name
+
+    return _weights_dir() / f"{safe_name(name, what='name')}.pt"
 
 
 def feedback_weights_path(name: str = "fmnist_vgg", *, seed: int = 0) -> Path:
     """Path of committed feedback-decoder weights, e.g. data/weights/fmnist_vgg_feedback_seed0.pt."""
-    return _weights_dir() / f"{name}_feedback_seed{seed}.pt"
+    from pcnet.experiments.files import safe_name
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (it names the weights file), got {seed!r}")
+    return _weights_dir() / f"{safe_name(name, what='name')}_feedback_seed{seed}.pt"
 
 
 def _load(path: Path, fix: str) -> dict:
@@ -160,7 +166,11 @@ def load_reference_prednet(*, seed: int = 0, name: str = "fmnist_vgg", **predify
                         **predify_kwargs)
     fix = (f"run `python -m pcnet.experiments.train feedback --name {name} --seed {seed}` "
            "(or book/03_feedback.ipynb with TRAIN=True)")
-    net.decoders.load_state_dict(_load(feedback_weights_path(name, seed=seed), fix))
+    path = feedback_weights_path(name, seed=seed)
+    _load(path, fix)  # a clear error naming the fix when missing or corrupt
+    from pcnet.experiments.weights import load_decoders
+
+    load_decoders(path, net, preset=name, require_fit=False)  # built at the layers the file was trained for
     return net.eval()
 
 

@@ -9,6 +9,8 @@ Command line (writes the committed reference weights with provenance):
 """
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import math
 import os
@@ -21,6 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pcnet.experiments import devices
+
+from .files import save_torch_atomic
 
 __all__ = [
     "BACKBONE_DEFAULTS",
@@ -42,7 +46,7 @@ __all__ = [
 
 # Full parameters of the committed reference runs (the chapters' parameters cells use the same).
 BACKBONE_DEFAULTS = dict(epochs=4, batch_size=128, lr=3e-3, val_size=5000)
-FEEDBACK_DEFAULTS = dict(epochs=2, batch_size=64, lr=1e-2)
+FEEDBACK_DEFAULTS = dict(epochs=2, batch_size=64, lr=1e-2, val_size=5000)
 
 
 def as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,18 +76,10 @@ def _batches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[torch.Te
     return list(torch.randperm(n, generator=g).split(batch_size))
 
 
-def _save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file next to `path`, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _checkpoint(path, *, config: dict, epoch: int, history: dict, **modules) -> None:
     """Atomically save the state after `epoch` epochs (modules: name -> object with state_dict)."""
     if path is not None:
-        _save_atomic({"config": config, "epoch": epoch, "history": history, "rng": torch.get_rng_state(),
+        save_torch_atomic({"config": config, "epoch": epoch, "history": history, "rng": torch.get_rng_state(),
                       **{key: module.state_dict() for key, module in modules.items()}}, Path(path))
 
 
@@ -96,7 +92,13 @@ def _resume(checkpoint, config: dict, modules: dict) -> tuple[int, dict | None]:
     """Load `checkpoint` into `modules` (name -> object with load_state_dict) if it exists."""
     if checkpoint is None or not Path(checkpoint).exists():
         return 0, None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, garbage, or not a torch file
+        raise RuntimeError(f"checkpoint {checkpoint} is unreadable ({type(err).__name__}: truncated, damaged or not "
+                           f"a torch file); delete it to start afresh") from err
+    if not isinstance(state, dict) or "config" not in state:
+        raise RuntimeError(f"checkpoint {checkpoint} is not a training checkpoint; delete it to start afresh")
     if state["config"] != config:
         raise ValueError(f"checkpoint {checkpoint} was made with {state['config']}, not {config}; "
                          "delete it to start afresh or pass the same options to resume")
@@ -128,19 +130,21 @@ def _classifier_epoch(model, x, y, optimizer, *, epoch, seed, batch_size, lr, to
 
 def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: int, lr: float,
                      seed: int, checkpoint=None, val_set=None, weight_decay: float = 5e-4,
-                     device=None, progress: bool = True) -> dict:
+                     device=None, progress: bool = True, run_options: dict | None = None) -> dict:
     """Train `model` with cross-entropy (AdamW, warm-up + cosine learning rate); returns the history.
 
     `device`: where to train (default: the GPU if there is one, else the CPU); the model stays there.
     history: lists per epoch of `train_loss` (mean over batches), `train_acc`, `val_acc` (if `val_set`),
-    `seconds`; and `step_loss`, the loss of every batch.
+    `seconds`; and `step_loss`, the loss of every batch. A `checkpoint` is resumed only when every option that
+    changes the result matches: the arguments, a sha256 of the training data and the caller's `run_options`.
     """
     torch.manual_seed(seed)
     x, y = as_tensors(train_set)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device, memory_format=torch.channels_last)  # channels_last: faster convolutions
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), weight_decay=weight_decay)
+    config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), weight_decay=weight_decay,
+                  data=data_fingerprint(x, y), **(run_options or {}))
     start, history = _resume(checkpoint, config, {"model": model, "optimizer": optimizer})
     history = history or {"train_loss": [], "train_acc": [], "val_acc": [], "seconds": [], "step_loss": []}
     total = epochs * math.ceil(len(x) / batch_size)
@@ -205,6 +209,16 @@ def feedback_baseline_loss(net, dataset, *, batch_size: int = 500) -> torch.Tens
     return torch.stack([(q / len(x) - (s / len(x)) ** 2).mean() for s, q in zip(sums, squares)]).float().cpu()
 
 
+def data_fingerprint(*tensors: torch.Tensor) -> str:
+    """sha256 over the dtypes, shapes and values of ``tensors`` (a training split: images and labels)."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def state_fingerprint(module: nn.Module) -> str:
     """sha256 over every tensor of `module.state_dict()` (names, dtypes, shapes, values, BN buffers too)."""
     digest = hashlib.sha256()
@@ -225,13 +239,19 @@ def seeded_prednet(backbone: nn.Module, *, name: str = "fmnist_vgg", seed: int =
 
 
 def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, seed: int,
-                   checkpoint=None, val_set=None, progress: bool = True, precision: str | None = None) -> dict:
+                   checkpoint=None, val_set=None, progress: bool = True, precision: str | None = None,
+                   run_options: dict | None = None) -> dict:
     """Train only the decoders of PredNet `net` on eq-feedback-loss (Adam, schedule of `lr_at`); the
     backbone stays frozen in eval mode, BatchNorm running statistics included. history: `step_loss`
     (per batch and layer), `epoch_loss`, `val_loss` (per epoch and layer), `seconds`.
 
     Batches go to the network's device and dtype (`net.to("cuda")` trains on the GPU); `precision="bf16"`
-    runs the steps under bf16 autocast (fp16 would need loss scaling: use bf16)."""
+    runs the steps under bf16 autocast (fp16 would need loss scaling: use bf16).
+    A non-finite loss, gradient or weight stops training with a FloatingPointError naming the batch, and the
+    decoders are put back as they were when this call started (or resumed). A `checkpoint` is resumed only
+    when the options, a sha256 of the training data and `run_options` match."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     import pcnet
 
     if precision not in (None, "fp32", "bf16"):
@@ -240,17 +260,24 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
     x, _ = as_tensors(train_set)
     device, dtype = devices.of(net)
     optimizer = torch.optim.Adam(net.decoders.parameters(), lr=lr)
-    config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x))
+    config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), data=data_fingerprint(x),
+                  **(run_options or {}))
     start, history = _resume(checkpoint, config, {"decoders": net.decoders, "optimizer": optimizer})
     history = history or {"step_loss": [], "epoch_loss": [], "val_loss": [], "seconds": []}
     net.train()  # PredNet.train: decoders train, the backbone stays in eval mode
-    total = epochs * math.ceil(len(x) / batch_size)
+    total, initial = epochs * math.ceil(len(x) / batch_size), copy.deepcopy(net.decoders.state_dict())
     for epoch in range(start, epochs):
         t0, losses, batches = time.perf_counter(), [], _batches(len(x), batch_size, seed=seed, epoch=epoch)
         for i, index in enumerate(tqdm(batches, desc=f"feedback epoch {epoch + 1}/{epochs}", disable=not progress)):
             _set_lr(optimizer, lr_at(epoch * len(batches) + i, total, lr))  # eq-lr-schedule
-            with devices.autocast(device, precision):
-                losses.append(pcnet.feedback_step(net, x[index].to(device, dtype), optimizer).float().cpu())  # (N,)
+            try:
+                with devices.autocast(device, precision):
+                    losses.append(pcnet.feedback_step(net, x[index].to(device, dtype), optimizer).float().cpu())  # (N,)
+            except (FloatingPointError, ValueError) as err:
+                net.decoders.load_state_dict(initial)
+                raise FloatingPointError(f"feedback training stopped at epoch {epoch + 1}, batch {i + 1} of "
+                                         f"{len(batches)} (lr={lr}): {err} The decoders were put back as they were "
+                                         f"before training") from err
         history["step_loss"] += torch.stack(losses).tolist()
         history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
         history["val_loss"].append(feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
@@ -289,7 +316,8 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
     model = build_backbone(name)
     t0 = time.perf_counter()
     history = train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                               checkpoint=checkpoint, val_set=val, progress=progress)
+                               checkpoint=checkpoint, val_set=val, progress=progress,
+                               run_options=dict(name=name, val_size=val_size, limit=limit))
     history["train_seconds"] = time.perf_counter() - t0
     history["test_acc"] = evaluate(model, reference_data(name, split="test"))[0]
     return model.eval(), history
@@ -310,7 +338,8 @@ def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0,
     net = seeded_prednet(backbone, name=name, seed=seed)
     t0 = time.perf_counter()
     history = train_feedback(net, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             checkpoint=checkpoint, val_set=val, progress=progress)
+                             checkpoint=checkpoint, val_set=val, progress=progress,
+                             run_options=dict(name=name, val_size=val_size, limit=limit))
     history["train_seconds"] = time.perf_counter() - t0
     return net.eval(), history
 
@@ -320,14 +349,31 @@ def _machine_load() -> dict:
     return {"loadavg_1_5_15": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
 
 
+def _train(what: str, *, name: str, seed: int, checkpoint, options: dict):
+    """Run the reference training `what`; returns (weights path, save function, history, fingerprints)."""
+    from pcnet.experiments.models import feedback_weights_path, load_reference_backbone, reference_weights_path
+    from pcnet.experiments.weights import save_decoders, save_weights
+
+    if what == "backbone":
+        model, history = reference_backbone_run(name=name, seed=seed, checkpoint=checkpoint, **options)
+        return reference_weights_path(name), functools.partial(save_weights, state_dict=model.state_dict()), history, {}
+    backbone = load_reference_backbone(name=name)
+    fingerprints = {"backbone_before": state_fingerprint(backbone)}
+    net, history = reference_feedback_run(backbone, name=name, seed=seed, checkpoint=checkpoint, **options)
+    fingerprints["backbone_after"] = state_fingerprint(net.backbone)
+    return (feedback_weights_path(name, seed=seed), functools.partial(save_decoders, net=net, preset=name), history,
+            fingerprints)
+
+
 def main(argv=None) -> None:
-    """CLI: `python -m pcnet.experiments.train {backbone,feedback} --seed S [--epochs ...]` writes data/weights/."""
+    """CLI: `python -m pcnet.experiments.train {backbone,feedback} --seed S [--epochs ...]` writes data/weights/.
+
+    Training that diverges (a non-finite loss, gradient or weight) exits with status 1 and saves nothing."""
     import argparse
     import sys
 
     from pcnet.experiments.data import DATA_DIR
-    from pcnet.experiments.models import feedback_weights_path, load_reference_backbone, reference_weights_path
-    from pcnet.experiments.weights import save_json_result, save_weights
+    from pcnet.experiments.weights import save_json_result
 
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.train", description=main.__doc__)
     parser.add_argument("what", choices=["backbone", "feedback"])
@@ -342,21 +388,16 @@ def main(argv=None) -> None:
     options.update({"limit": args.limit} if args.limit is not None else {})
     command = "python -m pcnet.experiments.train " + " ".join(sys.argv[1:] if argv is None else argv)
     checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
-    load_before, fingerprints = _machine_load(), {}
-    if args.what == "backbone":
-        model, history = reference_backbone_run(name=args.name, seed=args.seed, checkpoint=checkpoint, **options)
-        out, state = reference_weights_path(args.name), model.state_dict()
-    else:
-        backbone = load_reference_backbone(name=args.name)
-        fingerprints["backbone_before"] = state_fingerprint(backbone)
-        net, history = reference_feedback_run(backbone, name=args.name, seed=args.seed, checkpoint=checkpoint,
-                                              **options)
-        fingerprints["backbone_after"] = state_fingerprint(net.backbone)
-        out, state = feedback_weights_path(args.name, seed=args.seed), net.decoders.state_dict()
+    load_before = _machine_load()
+    try:
+        out, save, history, fingerprints = _train(args.what, name=args.name, seed=args.seed, checkpoint=checkpoint,
+                                                  options=options)
+    except (FloatingPointError, ValueError) as err:
+        raise SystemExit(f"{parser.prog} {args.what}: {err}\nNothing was saved.") from err
     extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
              **fingerprints,
              **{k: history[k] for k in ("train_seconds", "test_acc") if k in history}}
-    sha = save_weights(out, state, command=command, seed=args.seed, extra=extra)
+    sha = save(out, command=command, seed=args.seed, extra=extra)
     save_json_result(DATA_DIR / "results" / f"{out.stem}_history.json", history, command=command,
                      seed=args.seed, extra={"weights": out.name, "weights_sha256": sha})
     checkpoint.unlink(missing_ok=True)

@@ -15,7 +15,6 @@ to load.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -23,22 +22,13 @@ import os
 import pathlib
 import platform
 import subprocess
-import tempfile
 
 import torch
 
 from . import data as _data
+from .files import locked, roll_forward, sha256_file, staging
 
 MANIFEST_NAME = "MANIFEST.json"
-
-
-def sha256_file(path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _canonical(obj) -> bytes:
@@ -83,27 +73,6 @@ def provenance(*, command: str, seed: int | None, extra: dict | None = None) -> 
             "extra": dict(extra or {})}
 
 
-@contextlib.contextmanager
-def _atomic_path(path: pathlib.Path):
-    """Yield a temporary path in path's folder; on success it replaces ``path``, on error it vanishes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = pathlib.Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    with _atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def manifest_path(path) -> pathlib.Path:
     """The manifest that records ``path``: DATA_DIR's for files inside DATA_DIR, else the folder's."""
     path = pathlib.Path(path).resolve()
@@ -118,9 +87,14 @@ def read_manifest(path) -> dict:
     path = pathlib.Path(path)
     if not path.exists():
         return {"format": 1, "files": {}}
-    manifest = json.loads(path.read_text())
+    fix = ("restore it with `git checkout -- data/MANIFEST.json`" if path.parent.resolve() == _data.DATA_DIR.resolve()
+           else "delete it and save the files again")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}") from err
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise ValueError(f"{path} is not a pcnet manifest (needs a 'files' mapping)")
+        raise ValueError(f"{path} is not a pcnet manifest (needs a 'files' mapping); {fix}")
     return manifest
 
 
@@ -128,14 +102,36 @@ def _manifest_key(path: pathlib.Path, manifest: pathlib.Path) -> str:
     return path.resolve().relative_to(manifest.parent.resolve()).as_posix()
 
 
-def _record(path: pathlib.Path, prov: dict) -> None:
+def _journal(mpath: pathlib.Path) -> pathlib.Path:
+    return mpath.with_name(mpath.name + ".pending")
+
+
+def _recover(mpath: pathlib.Path) -> None:
+    """Finish a save that stopped after its commit point (see files.staging); a no-op otherwise."""
+    if _journal(mpath).exists():
+        with locked(mpath):
+            roll_forward(_journal(mpath))
+
+
+def _save_recorded(path: pathlib.Path, write, prov: dict, *, sidecar: bool) -> dict:
+    """Write ``path`` (``write(tmp)``), its sidecar (weights) and its manifest entry all-or-nothing, holding
+    the manifest's lock. Returns ``prov`` with the file's sha256 and size."""
     mpath = manifest_path(path)
-    manifest = read_manifest(mpath)
-    manifest["files"][_manifest_key(path, mpath)] = {
-        "sha256": prov["sha256"], "bytes": path.stat().st_size, "command": prov["command"],
-        "seed": prov["seed"], "git": prov["git"], "date": prov["date"]}
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    _write_text_atomic(mpath, json.dumps(manifest, indent=2) + "\n")
+    with locked(mpath):
+        roll_forward(_journal(mpath))
+        with staging(_journal(mpath)) as stage:
+            tmp = stage.stage(path)
+            write(tmp)
+            prov = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size, **prov}
+            if sidecar:
+                stage.stage(path.with_suffix(".json")).write_text(json.dumps(prov, indent=2) + "\n")
+            manifest = read_manifest(mpath)  # read under the lock: no other process's entry is lost
+            manifest["files"][_manifest_key(path, mpath)] = {k: prov[k] for k in ("sha256", "bytes", "command",
+                                                                                 "seed", "git", "date")}
+            manifest["files"] = dict(sorted(manifest["files"].items()))
+            stage.stage(mpath).write_text(json.dumps(manifest, indent=2) + "\n")
+            stage.commit()
+    return prov
 
 
 def _expected_sha(path: pathlib.Path) -> list[tuple[str, str]]:
@@ -161,17 +157,13 @@ def save_weights(path, state_dict, *, command: str, seed: int | None, extra: dic
         raise TypeError("state_dict must be a dict of tensors (e.g. module.state_dict())")
     prov = provenance(command=command, seed=seed, extra=extra)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    with _atomic_path(path) as tmp:
-        torch.save(tensors, tmp)
-        prov = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size, **prov}
-        _write_text_atomic(path.with_suffix(".json"), json.dumps(prov, indent=2) + "\n")
-    _record(path, prov)
-    return prov["sha256"]
+    return _save_recorded(path, lambda tmp: torch.save(tensors, tmp), prov, sidecar=True)["sha256"]
 
 
 def load_weights(path, *, map_location="cpu") -> dict:
     """Load weights saved by ``save_weights`` after checking their sha256 against manifest and sidecar."""
     path = pathlib.Path(path)
+    _recover(manifest_path(path))
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist. Produce it with the command recorded in "
                                 f"the book chapter that trains it (it calls pcnet.experiments.weights.save_weights).")
@@ -208,15 +200,14 @@ def save_json_result(path, obj, *, command: str, seed: int | None, extra: dict |
                         f"and numpy numbers with float()/int()") from err
     prov = {"result_sha256": hashlib.sha256(body).hexdigest(),
             **provenance(command=command, seed=seed, extra=extra)}
-    _write_text_atomic(path, json.dumps({"result": obj, "provenance": prov}, indent=2) + "\n")
-    prov["sha256"] = sha256_file(path)
-    _record(path, prov)
-    return prov["sha256"]
+    text = json.dumps({"result": obj, "provenance": prov}, indent=2) + "\n"
+    return _save_recorded(path, lambda tmp: tmp.write_text(text), prov, sidecar=False)["sha256"]
 
 
 def load_json_result(path):
     """The ``result`` of a file written by ``save_json_result``, after checking its sha256s."""
     path = pathlib.Path(path)
+    _recover(manifest_path(path))
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist. Produce it with the chapter that writes it "
                                 f"(pcnet.experiments.weights.save_json_result).")
@@ -249,3 +240,36 @@ def verify_manifest(*, manifest=None) -> dict[str, str]:
         else:
             status[key] = "ok" if sha256_file(f) == entry["sha256"] else "sha256 mismatch"
     return status
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder weights: saved with what they fit (preset, layers, shapes) and checked on load
+
+def prednet_fit(net, *, preset: str) -> dict:
+    """What decoder weights of PredNet ``net`` fit: preset name, PCoder layers, input shape, layer shapes."""
+    return {"preset": preset, "layers": list(net.layers), "input_shape": list(net.input_shape),
+            "shapes": [list(s) for s in net.shapes]}
+
+
+def save_decoders(path, net, *, preset: str, command: str, seed: int | None, extra: dict | None = None) -> str:
+    """``save_weights`` of ``net.decoders`` with :func:`prednet_fit` recorded in the sidecar (``extra["fit"]``)."""
+    extra = {**(extra or {}), "fit": prednet_fit(net, preset=preset)}
+    return save_weights(path, net.decoders.state_dict(), command=command, seed=seed, extra=extra)
+
+
+def load_decoders(path, net, *, preset: str, require_fit: bool = True) -> None:
+    """Load decoder weights saved by :func:`save_decoders` into ``net`` after checking that they were trained
+    for the same preset, layers and shapes. ``require_fit=False`` also accepts files saved without that record
+    (only for a net built exactly as the file's recorded command built it, e.g. the reference loaders)."""
+    state = load_weights(path)
+    fit = load_provenance(path).get("extra", {}).get("fit")
+    want = prednet_fit(net, preset=preset)
+    if fit is None and require_fit:
+        raise ValueError(f"{path} does not record the preset, layers and shapes its decoders were trained for; "
+                         f"re-save it with pcnet.experiments.weights.save_decoders")
+    wrong = {k: (fit[k], v) for k, v in want.items() if fit is not None and fit.get(k) != v}
+    if wrong:
+        raise ValueError(f"{path} holds decoders trained for " + ", ".join(f"{k}={a}" for k, (a, _) in wrong.items())
+                         + "; this PredNet has " + ", ".join(f"{k}={b}" for k, (_, b) in wrong.items())
+                         + ". Predify with the recorded layers and input_shape, or train decoders for these")
+    net.decoders.load_state_dict(state)

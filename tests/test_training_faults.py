@@ -1,0 +1,158 @@
+"""Training that goes wrong (issue 11, items 2, 4, 5): non-finite steps stop and restore, resumes check every
+option that changes the result, decoder weights refuse a PredNet built at other layers."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import pcnet
+import pcnet.experiments.data as data
+import pcnet.experiments.weights as weights
+from pcnet.experiments import models, train
+
+
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 16, 3))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16))
+
+
+def _images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.rand(n, 1, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _copy(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_feedback_step_with_overflowing_update_is_undone(net):
+    before = _copy(net.decoders)
+    optimizer = torch.optim.SGD(net.decoders.parameters(), lr=float("inf"))  # the update makes the weights inf
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient or weights in decoder.*undone.*learning rate"):
+        pcnet.feedback_step(net, torch.rand(4, 1, 16, 16), optimizer)
+    assert _same(_copy(net.decoders), before)
+
+
+def test_feedback_step_with_non_finite_loss_takes_no_step(net):
+    with torch.no_grad():
+        net.decoders[1][1].weight[0, 0, 0, 0] = float("inf")
+    before = _copy(net.decoders)
+    optimizer = torch.optim.Adam(net.decoders.parameters(), lr=1e-3)
+    with pytest.raises(FloatingPointError, match=r"feedback loss is not finite.*not taken"):
+        pcnet.feedback_step(net, torch.rand(4, 1, 16, 16), optimizer)
+    assert _same(_copy(net.decoders), before) and not optimizer.state  # no Adam step either
+
+
+def test_train_feedback_divergence_names_the_batch_and_restores(net):
+    before = _copy(net.decoders)
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 2 of 4 \(lr=1e\+20\).*put back"):
+        train.train_feedback(net, _images(64), epochs=2, batch_size=16, lr=1e20, seed=0, progress=False)
+    assert _same(_copy(net.decoders), before)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        train.train_feedback(net, _images(64), epochs=1, batch_size=16, lr=float("nan"), seed=0, progress=False)
+
+
+def test_cli_feedback_that_diverges_exits_nonzero_and_saves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(models, "load_reference_backbone", lambda name: models.fmnist_vgg().eval())
+    monkeypatch.setattr(train, "reference_data", lambda name, split: _images_28(128))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["feedback", "--lr", "1e20", "--epochs", "1", "--batch-size", "32", "--val-size", "32"])
+    assert exit_info.value.code not in (0, None) and "Nothing was saved" in str(exit_info.value.code)
+    assert "epoch 1, batch" in str(exit_info.value.code)
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "MANIFEST.json").exists()
+
+
+def _images_28(n):
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_cli_feedback_honours_val_size(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    seen = {}
+
+    def fake_run(backbone, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+    monkeypatch.setattr(models, "load_reference_backbone", lambda name: models.fmnist_vgg().eval())
+    monkeypatch.setattr(train, "reference_feedback_run", fake_run)
+    with pytest.raises(SystemExit):
+        train.main(["feedback", "--val-size", "123", "--limit", "7"])
+    assert seen["val_size"] == 123 and seen["limit"] == 7
+
+
+def _interrupted(monkeypatch, run, *, after):
+    """Run ``run()`` with the classifier loop interrupted after ``after`` epochs."""
+    original, count = train._classifier_epoch, {"n": 0}
+
+    def epoch(*args, **kwargs):
+        if count["n"] == after:
+            raise KeyboardInterrupt
+        count["n"] += 1
+        return original(*args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(train, "_classifier_epoch", epoch)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
+def test_resume_refuses_another_training_split(tmp_path, monkeypatch):
+    """Same size, same options, other images (what another --val-size or --limit gives): refused, not resumed."""
+    ckpt, options = tmp_path / "run.ckpt", dict(epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False)
+    _interrupted(monkeypatch, lambda: train.train_classifier(small_cnn(), _images(32), checkpoint=ckpt, **options),
+                 after=1)
+    with pytest.raises(ValueError, match="delete it to start afresh or pass the same options"):
+        train.train_classifier(small_cnn(), _images(32, seed=1), checkpoint=ckpt, **options)
+    with pytest.raises(ValueError, match="'val_size': 100"):
+        train.train_classifier(small_cnn(), _images(32), checkpoint=ckpt, run_options={"val_size": 100}, **options)
+
+
+def test_resume_refuses_feedback_run_options(net, tmp_path):
+    ckpt, options = tmp_path / "fb.ckpt", dict(epochs=1, batch_size=16, lr=1e-3, seed=0, progress=False)
+    train.train_feedback(net, _images(32), checkpoint=ckpt, run_options={"val_size": 5000, "limit": None}, **options)
+    with pytest.raises(ValueError, match="was made with"):
+        train.train_feedback(net, _images(32), checkpoint=ckpt, run_options={"val_size": 100, "limit": None}, **options)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", None], ids=["empty", "garbage", "truncated"])
+def test_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path, content):
+    ckpt = tmp_path / "run.ckpt"
+    if content is None:
+        torch.save({"config": {}, "epoch": 1, "model": small_cnn().state_dict()}, ckpt)
+        content = ckpt.read_bytes()[:200]
+    ckpt.write_bytes(content)
+    with pytest.raises(RuntimeError, match=r"checkpoint .*run.ckpt is unreadable.*delete it to start afresh"):
+        train.train_classifier(small_cnn(), _images(16), epochs=1, batch_size=16, lr=1e-3, seed=0,
+                               checkpoint=ckpt, progress=False)
+
+
+def test_decoder_weights_refuse_other_layers_of_the_same_shapes(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    torch.manual_seed(0)
+    model = small_cnn()
+    trained = pcnet.predify(model, layers=["1", "4"], input_shape=(1, 16, 16))
+    other = pcnet.predify(model, layers=["0", "3"], input_shape=(1, 16, 16))  # same shapes, other layers
+    assert trained.shapes == other.shapes
+    path = tmp_path / "weights" / "dec.pt"
+    weights.save_decoders(path, trained, preset="small", command="test", seed=0)
+    with pytest.raises(ValueError, match=r"trained for layers=\['1', '4'\]; this PredNet has layers=\['0', '3'\]"):
+        weights.load_decoders(path, other, preset="small")
+    with pytest.raises(ValueError, match=r"preset=small.*preset=other"):
+        weights.load_decoders(path, trained, preset="other")
+    fresh = pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16))
+    weights.load_decoders(path, fresh, preset="small")
+    assert _same(fresh.decoders.state_dict(), trained.decoders.state_dict())
+    weights.save_weights(tmp_path / "weights" / "bare.pt", trained.decoders.state_dict(), command="test", seed=0)
+    with pytest.raises(ValueError, match="does not record the preset.*save_decoders"):
+        weights.load_decoders(tmp_path / "weights" / "bare.pt", fresh, preset="small")
