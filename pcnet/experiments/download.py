@@ -51,7 +51,8 @@ def _fetch(url: str, tmp: pathlib.Path, *, progress: bool, timeout: float) -> st
 
     digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-        total = response.length  # None when the server sends no Content-Length
+        length = response.headers.get("Content-Length")
+        total = int(length) if length else None  # unknown without a Content-Length
         with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress) as bar:
             for block in iter(lambda: response.read(_CHUNK), b""):
                 f.write(block)
