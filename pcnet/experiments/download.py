@@ -61,7 +61,8 @@ def _fetch(url: str, tmp: pathlib.Path, *, progress: bool, timeout: float) -> st
     return digest.hexdigest()
 
 
-def download(url: str, path, *, sha256: str | None = None, progress: bool = True, timeout: float = 60.0) -> pathlib.Path:
+def download(url: str, path, *, sha256: str | None = None, progress: bool = True,
+             timeout: float = 60.0) -> pathlib.Path:
     """Download ``url`` to ``path`` unless it is already there, and check its sha256; returns ``path``.
 
     ``sha256``: the published hash; when None, the hash recorded on the first download (``DOWNLOADS.json``) is

@@ -209,7 +209,7 @@ def train_feedback_scale(net, dataset, *, epochs: int, batch_size: int, lr: floa
     [0, 1], e.g. :func:`image_folder`), ``batch_size`` images per step across all processes of ``dist``.
 
     ``max_steps`` stops early (after saving the checkpoint), e.g. to split a run. Returns the history:
-    ``step_loss`` (per step and layer), ``epoch_loss``, ``seconds``, ``images``.
+    ``step_loss`` (per step and layer), ``epoch_loss``, ``seconds``, ``images``, ``total_steps``.
     """
     dist = dist or Dist()
     local = local_batch(batch_size, dist.world)
@@ -230,10 +230,12 @@ def train_feedback_scale(net, dataset, *, epochs: int, batch_size: int, lr: floa
     history = history or {"step_loss": [], "epoch_loss": [], "seconds": [], "images": 0}
     loss_fn = _Objective(net)
     if dist.world > 1:
-        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+        ids = [dist.device] if dist.device.type == "cuda" else None
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
     run = dict(net=net, loss_fn=loss_fn, optimizer=optimizer, scaler=scaler, amp=amp_dtype, dist=dist, sampler=sampler,
                data=data, local=local, per_epoch=per_epoch, total=epochs * per_epoch, lr=lr, seed=seed, workers=workers,
                checkpoint=checkpoint, save_every=save_every, config=config, objects=objects, progress=progress)
+    history["total_steps"] = run["total"]
     stop = run["total"] if max_steps is None else min(run["total"], max_steps)
     step = start
     while step < stop:
@@ -319,7 +321,7 @@ def main(argv=None) -> None:
     history = train_feedback_scale(net, dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    seed=args.seed, checkpoint=checkpoint, workers=args.workers, amp=args.amp,
                                    save_every=args.save_every, max_steps=args.max_steps, dist=dist)
-    finished = len(history["step_loss"]) == args.epochs * (len(dataset) // dist.world // (args.batch_size // dist.world))
+    finished = len(history["step_loss"]) == history["total_steps"]
     if dist.rank == 0 and finished:
         command = "torchrun -m pcnet.experiments.train " + " ".join(sys.argv[1:] if argv is None else argv)
         extra = {"options": vars(args), "world_size": dist.world, "backend": dist.backend, "meta": net.meta,
@@ -328,7 +330,8 @@ def main(argv=None) -> None:
         checkpoint.unlink(missing_ok=True)
         print(f"saved {out} (sha256 {sha[:12]}) after {len(history['step_loss'])} steps on {dist.world} process(es)")
     elif dist.rank == 0:
-        print(f"stopped after {len(history['step_loss'])} steps; resume with the same command (checkpoint {checkpoint})")
+        print(f"stopped after {len(history['step_loss'])} steps; resume with the same command "
+              f"(checkpoint {checkpoint})")
     if dist.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -154,7 +154,8 @@ def efficientnet_b0_decoders() -> list[nn.Module]:
 
     def decoder(n):
         conv = nn.ConvTranspose2d(channels[n + 1], channels[n], 3, stride=1, padding=1)
-        return nn.Sequential(nn.Upsample(scale_factor=2.0, mode="bilinear"), conv) if upsample[n] else nn.Sequential(conv)
+        up = [nn.Upsample(scale_factor=2.0, mode="bilinear")] if upsample[n] else []
+        return nn.Sequential(*up, conv)
     return [decoder(n) for n in range(8)]
 
 
@@ -185,7 +186,8 @@ def pefficientnet_b0(*, weights=None, feedback=None, backend: str | None = None,
         raise ValueError(f"backend must be 'timm', 'torchvision' or None (timm when installed), got {backend!r}")
     backbone, meta = _timm_efficientnet_b0(weights) if backend == "timm" else _torchvision("efficientnet_b0", weights)
     return _finish(backbone, meta, EFFICIENTNET_B0_LAYERS[backend], preset="pefficientnet_b0", image_size=image_size,
-                   decoders=efficientnet_b0_decoders(), feedback=feedback, hparams=hparams, normalize=normalize, kwargs=kwargs)
+                   decoders=efficientnet_b0_decoders(), feedback=feedback, hparams=hparams, normalize=normalize,
+                   kwargs=kwargs)
 
 
 def presnet18(*, weights=None, feedback=None, image_size: int = 224, hparams: str = "uniform", normalize: bool = True,
