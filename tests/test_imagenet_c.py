@@ -46,3 +46,19 @@ def test_generated_corruptions_are_the_package_s_and_cached(tmp_path):
     cached = next((tmp_path / "cache").glob("*/gaussian_noise_2.pt"))
     torch.save(torch.zeros(1), cached)  # a changed file fails its sha256 and is made again
     assert torch.equal(imagenet_c.generate_imagenet_c(val, **kw)["gaussian_noise", 2].images, noisy.images)
+
+
+def test_accuracy_grid_counts_by_hand(tmp_path):
+    from pcnet.experiments import metrics, models
+
+    sets = imagenet_c.generate_imagenet_c(_images(tmp_path / "val"), names=["contrast", "brightness"], severities=[1, 5],
+                                          size=32, cache_dir=tmp_path / "cache", progress=False)
+    torch.manual_seed(0)
+    net = models.pshallow_cifar()
+    grid = imagenet_c.accuracy_grid(net, sets, timesteps=2, batch_size=4, workers=0, progress=False)
+    assert grid.shape == (2, 2, 3)
+    x = sets["brightness", 5].images.float() / 255  # (6, 3, 32, 32)
+    with torch.no_grad():
+        by_hand = (net(x, timesteps=2).argmax(-1) == sets["brightness", 5].labels).float().mean(-1)  # (3,)
+    torch.testing.assert_close(grid[1, 1], by_hand)
+    assert metrics.normalised_mce(grid).shape == (3,)

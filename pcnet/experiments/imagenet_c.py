@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from .corruptions import COMMON, SEVERITIES
 
-__all__ = ["check_imagenet_c", "GeneratedImageNetC", "generate_imagenet_c"]
+__all__ = ["check_imagenet_c", "published_imagenet_c", "GeneratedImageNetC", "generate_imagenet_c", "accuracy_grid"]
 
 
 def _has_images(folder: pathlib.Path) -> bool:
@@ -38,6 +38,33 @@ def check_imagenet_c(root, *, names=COMMON, severities=SEVERITIES) -> pathlib.Pa
                          f"{missing[:5]}; download the missing families (download_imagenet_c), pass only the "
                          f"names=/severities= you have, or generate them with generate_imagenet_c(...)")
     return root
+
+
+def published_imagenet_c(root, *, transform, names=COMMON, severities=SEVERITIES) -> dict:
+    """{(name, severity): ImageFolder} of the published ImageNet-C at ``root`` (checked complete first)."""
+    from .corruptions import load_imagenet_c
+
+    check_imagenet_c(root, names=names, severities=severities)
+    return {(n, s): load_imagenet_c(root, name=n, severity=s, transform=transform) for n in names for s in severities}
+
+
+def accuracy_grid(net, sets: dict, *, timesteps: int, batch_size: int = 64, workers: int = 4,
+                  feedback: str = "prediction", progress: bool = True) -> torch.Tensor:
+    """Accuracy per corruption, severity and timestep, (C, S, T+1), of ``sets`` {(name, severity): dataset}, in
+    batches of ``batch_size`` on ``net``'s device (feed it to ``metrics.mce`` / ``metrics.normalised_mce``)."""
+    from torch.utils.data import DataLoader
+
+    from .evaluate import accuracy_per_timestep
+
+    names = list(dict.fromkeys(n for n, _ in sets))
+    severities = list(dict.fromkeys(s for _, s in sets))
+    pin = next(net.parameters()).device.type == "cuda"
+    rows = []
+    for n in names:
+        loaders = [DataLoader(sets[n, s], batch_size=batch_size, num_workers=workers, pin_memory=pin) for s in severities]
+        rows.append(torch.stack([accuracy_per_timestep(net, dl, timesteps=timesteps, feedback=feedback,
+                                                       progress=progress) for dl in loaders]))  # (S, T+1)
+    return torch.stack(rows)  # (C, S, T+1)
 
 
 def _cache_key(dataset, *, size: int, seed: int) -> str:
