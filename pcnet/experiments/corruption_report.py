@@ -76,8 +76,44 @@ def summary_family(study: dict, *, summary: str, n_boot: int = 2000, seed: int =
     """All ratios and contrasts of one summary ("mCE" or "ratio of means"), Holm-corrected as one family."""
     methods, pairs = contrasts(study)
     family = [ratio_verdict(study, m, summary=summary, n_boot=n_boot, seed=seed) for m in methods]
+    first, second = (v.contrast.removeprefix(f"{summary}: ") for v in sorted(family, key=lambda v: v.estimate)[:2])
+    if (first, second) not in pairs and (second, first) not in pairs:
+        pairs = pairs + [(first, second)]  # "the best method" is decided by this test, never by the ranking
     family += [difference_verdict(study, a, b, summary=summary, n_boot=n_boot, seed=seed) for a, b in pairs]
     return V.holm_family(family)
+
+
+def best_method(family: list[V.Verdict], *, summary: str) -> str:
+    """One sentence on the lowest-error method, decided by its Holm-corrected contrast with the runner-up."""
+    ranked = sorted((v for v in family if " - " not in v.contrast), key=lambda v: v.estimate)
+    first, second = (v.contrast.removeprefix(f"{summary}: ") for v in ranked[:2])
+    for a, b in ((first, second), (second, first)):
+        try:
+            v = find(family, f"{summary}: {a} - {b}")
+        except KeyError:
+            continue
+        verdict = "is the best method" if v.effect != "none" else "is not distinguishable from the runner-up"
+        return f"{summary}: the lowest point estimate, {first}, {verdict} ({v})"
+    raise KeyError(f"no contrast between {first} and {second} in the family")
+
+
+def findings(study: dict, families: dict, cells: dict, clean: list[V.Verdict]) -> list[str]:
+    """The chapter's verdict lines, each printed with n, MDE, test and Holm p (markdown bullet list)."""
+    lines = []
+    for summary, fam in families.items():
+        for v in study["value_sets"]:
+            lines.append(str(find(fam, f"{summary}: {v}: dynamics")))
+            lines += [str(find(fam, f"{summary}: {v}: dynamics - {v}: {c}")) for c in ("zero", "shuffled", "mean",
+                                                                                       "rescale")]
+        lines += [str(find(fam, f"{summary}: {m}")) for m in ("BN adaptation", "TENT")]
+        lines += [best_method(fam, summary=summary)]
+    for v, fam in cells.items():
+        c = cell_summary(fam)
+        lines.append(f"{v} dynamics at T vs t = 0 in each corruption x severity cell (n = {c['n']} images each, "
+                     f"MDE {c['mde_min']:.2f} to {c['mde_max']:.2f} points, exact McNemar, Holm over {c['cells']}"
+                     f" cells): {c['gain']} gains, {c['cost']} costs, {c['none']} without a detectable effect")
+    lines += [str(v) for v in clean]
+    return [f"- {line}" for line in lines]
 
 
 def cell_family(study: dict, *, value_set: str) -> list[V.Verdict]:

@@ -238,6 +238,22 @@ def load_study(result: dict) -> dict:
             "clean": {k: decode_bits(v) for k, v in result["clean"].items()}, "labels": torch.tensor(result["labels"])}
 
 
+def committed(config: StudyConfig, value_sets: dict, *, path=RESULT_PATH) -> dict:
+    """The committed study at ``path`` (sha256-checked), after checking it was computed for ``config`` and
+    ``value_sets``; otherwise a clear error with the command that recomputes it."""
+    result = weights.load_json_result(path)
+    want = {**dataclasses.asdict(config), "names": list(config.names)}
+    fix = (f"recompute it with `python -m pcnet.experiments.corruption_study --out {path}` "
+           "(or set RECOMPUTE = True in the chapter)")
+    if result["config"] != want:
+        diff = {k: (result["config"].get(k), v) for k, v in want.items() if result["config"].get(k) != v}
+        raise ValueError(f"{path} was computed with other settings (committed, wanted): {diff}; {fix}")
+    if result["value_sets"] != value_sets:
+        raise ValueError(f"{path} holds value sets {result['value_sets']}, not {value_sets} (did chapter 4's "
+                         f"tuned values change?); {fix}")
+    return result
+
+
 # ----------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pcnet.experiments.corruption_study", description=__doc__.split("\n")[0])
