@@ -119,3 +119,32 @@ def test_study_runs_resumes_and_shares_the_backbone(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "_compute_chunk", lambda *a: pytest.fail("a finished chunk was recomputed"))
     again = S.run_study(config, values, chunk_dir=tmp_path, progress=False)
     assert again["correct"] == result["correct"]
+
+
+def test_figures_fit_the_page():
+    import matplotlib
+    matplotlib.use("Agg")
+    from pcnet.experiments import corruption_figures as F
+
+    study = _fake_study(n=60)
+    fam = R.summary_family(study, summary="mCE", n_boot=50)
+    figs = [F.plot_curves(study, n_boot=50), F.plot_per_corruption(study), F.plot_tradeoff(fam, R.clean_family(study))]
+    for fig in figs:
+        assert fig.get_size_inches()[0] <= 7.5
+        rows = {round(ax.get_position().y0, 2) for ax in fig.axes if ax.get_label() != "<colorbar>"}
+        assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) <= 3 * len(rows)
+
+
+def test_committed_names_the_command_and_rejects_other_settings(tmp_path):
+    from pcnet.experiments.weights import save_json_result
+    config = S.StudyConfig(per_class=1, names=("brightness",))
+    with pytest.raises(FileNotFoundError, match="corruption_study"):
+        S.committed(config, {"paper": S.PAPER}, path=tmp_path / "missing.json")
+    path = tmp_path / "study.json"
+    body = {"config": {**S.dataclasses.asdict(config), "names": ["brightness"]}, "value_sets": {"paper": S.PAPER}}
+    save_json_result(path, body, command="test", seed=0)
+    assert S.committed(config, {"paper": S.PAPER}, path=path) == body
+    with pytest.raises(ValueError, match="timesteps"):
+        S.committed(S.StudyConfig(per_class=1, timesteps=3, names=("brightness",)), {"paper": S.PAPER}, path=path)
+    with pytest.raises(ValueError, match="tuned values"):
+        S.committed(config, {"paper": S.PAPER, "tuned": S.PAPER}, path=path)

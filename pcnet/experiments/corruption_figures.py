@@ -37,6 +37,7 @@ def plot_curves(study: dict, *, summary: str = "mCE", n_boot: int = 1000):
     """The summary (relative to the backbone) over timesteps, one panel per value set: the dynamics and their
     three feedback controls with pointwise BCa intervals; single-pass methods as horizontal lines."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     sets = list(study["value_sets"])
     fig, axes = plt.subplots(1, len(sets), figsize=(WIDTH, 3.4), sharey=True, squeeze=False)
@@ -52,6 +53,7 @@ def plot_curves(study: dict, *, summary: str = "mCE", n_boot: int = 1000):
                        lw=1, ls=(0, (1, 2)) if m == "rescale" else "--", label=m)
         ax.axhline(1.0, color="black", lw=0.5)
         ax.set(xlabel="timestep t", title=f"{v} values")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].set_ylabel(f"{summary} relative to t = 0")
     axes[0, -1].legend(fontsize=9, loc="best")
     fig.tight_layout()
@@ -81,12 +83,14 @@ def plot_tradeoff(summary_family: list, clean_family: list, *, summary: str = "m
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(WIDTH, 4.2))
-    for i, v in enumerate(c for c in clean_family):
+    colors = {**{m: c for m, (c, _) in CONTROL_STYLE.items()}, **SINGLE_PASS}
+    for v in clean_family:
         method = v.contrast.removeprefix("clean: ").removesuffix(" - backbone")
         r = R.find(summary_family, f"{summary}: {method}")
+        value_set, _, kind = method.rpartition(": ")  # e.g. ("tuned", "zero"); ("", "TENT")
         ax.errorbar(v.estimate, r.estimate, xerr=[[v.estimate - v.low], [v.high - v.estimate]],
-                    yerr=[[r.estimate - r.low], [r.high - r.estimate]], fmt="o", color=PALETTE[i % len(PALETTE)],
-                    label=method, capsize=2)
+                    yerr=[[r.estimate - r.low], [r.high - r.estimate]], color=colors[kind], label=method, capsize=2,
+                    fmt={"paper": "o", "tuned": "s"}.get(value_set, "^"), mfc="white" if value_set == "tuned" else None)
     ax.axhline(1.0, color="black", lw=0.5)
     ax.axvline(0.0, color="black", lw=0.5)
     ax.set(xlabel="clean accuracy change vs backbone (points)", ylabel=f"{summary} relative to the backbone")

@@ -241,10 +241,12 @@ def load_study(result: dict) -> dict:
 def committed(config: StudyConfig, value_sets: dict, *, path=RESULT_PATH) -> dict:
     """The committed study at ``path`` (sha256-checked), after checking it was computed for ``config`` and
     ``value_sets``; otherwise a clear error with the command that recomputes it."""
+    fix = (f"compute it with `python -m pcnet.experiments.corruption_study --out {path}` "
+           "(resumable, one chunk per corruption; or set RECOMPUTE = True in the chapter)")
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"no committed corruption study at {path}: {fix}")
     result = weights.load_json_result(path)
     want = {**dataclasses.asdict(config), "names": list(config.names)}
-    fix = (f"recompute it with `python -m pcnet.experiments.corruption_study --out {path}` "
-           "(or set RECOMPUTE = True in the chapter)")
     if result["config"] != want:
         diff = {k: (result["config"].get(k), v) for k, v in want.items() if result["config"].get(k) != v}
         raise ValueError(f"{path} was computed with other settings (committed, wanted): {diff}; {fix}")
