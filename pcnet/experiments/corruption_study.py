@@ -35,6 +35,7 @@ import zlib
 import numpy as np
 import torch
 
+import pcnet
 from pcnet.dynamics import fixed_point_scale
 
 from . import corruptions, metrics, models, tta, weights
@@ -109,17 +110,13 @@ def _predictors(nets: dict, backbone, config: StudyConfig) -> dict:
                                 config.batch, None)  # (T+1, B, K)
         hp = {k: t.tolist() for k, t in net.hparams().items()}
         scale = [fixed_point_scale(beta=b, lam=lam) for b, lam in zip(hp["beta"], hp["lam"])]
-        out[f"{v}: rescale"] = ((lambda x, net=net, s=scale: pcnet_rescaled(net, x, s)), config.batch, None)
+        out[f"{v}: rescale"] = ((lambda x, net=net, s=scale: pcnet.rescaled_forward(net, x, scale=s)),  # (B, K)
+                                config.batch, None)
     bn = tta.BNAdapt(backbone)
     tent = tta.Tent(backbone, steps=config.tent_steps, lr=config.tent_lr)
     out["BN adaptation"] = (bn, config.tta_batch, bn.reset)
     out["TENT"] = (tent, config.tta_batch, tent.reset)
     return out
-
-
-def pcnet_rescaled(net, x, scale):
-    import pcnet
-    return pcnet.rescaled_forward(net, x, scale=scale)  # (B, K)
 
 
 def build_methods(config: StudyConfig, value_sets: dict) -> dict:
