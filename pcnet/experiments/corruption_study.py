@@ -19,6 +19,12 @@ Results are per-image correctness, stored bit-packed: ``correct[method]`` (T+1 o
 each written atomically with its sha256, so an interrupted run resumes where it stopped:
 
     python -m pcnet.experiments.corruption_study --out data/results/ch5_corruptions.json
+
+Chunks live in ``data/cache/ch5_chunks/<hash of the settings and value sets>/<corruption>.json`` (the hash leaves
+out the list of corruptions), so several processes can share the work: give each its own ``--names`` and a
+scratch ``--out`` (a partial study must not land in ``data/results``), then run the command above once more; it
+finds every chunk done and only assembles. Measured on one core (seed-0 network, T = 10, 2,000 images): about
+100 CPU-s for the clean chunk and 500 CPU-s per corruption chunk (5 severities x 12 methods).
 """
 from __future__ import annotations
 
