@@ -51,7 +51,8 @@ def test_tent_lowers_entropy_only_moves_bn_affine_and_resets():
     shifted = torch.rand(32, 1, 8, 8) * 3 + 2
     tent = tta.Tent(net, steps=5, lr=1e-2)
     bn_adapted = tta.BNAdapt(net)(shifted)
-    out = tent(shifted)
+    tent(shifted)  # predicts, then adapts
+    out = tent(shifted)  # predicted with the parameters adapted on the first call
     assert _same(net, before)
     assert tta.entropy(out) < tta.entropy(bn_adapted)  # entropy minimisation did something
     moved = [k for k, v in tent.model.state_dict().items() if not torch.equal(v, before.state_dict()[k])
@@ -64,6 +65,23 @@ def test_tent_lowers_entropy_only_moves_bn_affine_and_resets():
     assert torch.equal(episodic(shifted), episodic(shifted))
     online = tta.Tent(net, steps=1, lr=1e-2)
     assert not torch.equal(online(shifted), online(shifted))
+
+
+def test_tent_predicts_then_updates_online():
+    """Online TENT (Wang et al. 2021): a batch is predicted with the parameters adapted on the *previous*
+    batches; the update computed on it only affects later batches."""
+    net = _bn_net()
+    first, second = torch.rand(16, 1, 8, 8) * 3 + 2, torch.rand(16, 1, 8, 8) * 3 + 2
+    tent = tta.Tent(net, steps=1, lr=1e-1)
+    train_mode = copy.deepcopy(net).train()  # the source parameters, normalising with batch statistics
+    with torch.no_grad():
+        expected_first = train_mode(first)
+    assert torch.allclose(tent(first), expected_first, atol=1e-5)  # no update before predicting
+    adapted = copy.deepcopy(tent.model)  # the parameters after the update on `first`
+    with torch.no_grad():
+        expected_second = adapted(second)
+    assert torch.allclose(tent(second), expected_second, atol=1e-5)
+    assert not torch.allclose(expected_second, train_mode(second).detach(), atol=1e-4)  # the update mattered
 
 
 def test_entropy_by_hand():

@@ -5,8 +5,10 @@ These are the non-biological alternatives the predictive-coding dynamics must be
 * ``BNAdapt`` (Schneider et al. 2020): normalise with statistics of the test batch, optionally mixed with the
   source statistics, mu = w * mu_source + (1 - w) * mu_batch (same for the variance), w = ``source_weight``.
 * ``Tent`` (Wang et al. 2021): minimise the mean prediction entropy H(p) = -sum_k p_k log p_k over the BatchNorm
-  affine parameters (gamma, beta) only, normalising with test-batch statistics; ``steps`` gradient steps per
-  batch, then predict with the adapted parameters.
+  affine parameters (gamma, beta) only, normalising with test-batch statistics. Online, as in the paper: each
+  batch is predicted with the current parameters and *then* updated (the forward pass that predicts also gives
+  the loss), so a batch's predictions never benefit from an update computed on that batch; with ``steps`` > 1
+  the returned logits are those of the last forward pass, taken before the last update.
 
 Both work on a deep copy of the caller's model (never modified) and ``reset()`` back to the source weights;
 evaluation code resets them before every corruption x severity (Wang et al. reset per corruption), and with
@@ -66,8 +68,9 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 class Tent(nn.Module):
     """TENT: entropy minimisation on BN affine parameters with test-batch statistics.
 
-    ``forward(x)``: ``steps`` Adam steps (``lr``) on H(softmax(model(x))), then returns logits (B, K) of the
-    adapted model on x. Online within a set (parameters carry over batches) unless ``episodic``.
+    ``forward(x)``: predict x with the current parameters, then take an Adam step (``lr``) on
+    H(softmax(model(x))) (``steps`` times); returns the logits (B, K) of the last forward pass, made before the
+    last update. Online within a set (parameters carry over batches) unless ``episodic``.
     """
 
     def __init__(self, model: nn.Module, *, steps: int = 1, lr: float = 1e-3, episodic: bool = False):
@@ -98,9 +101,8 @@ class Tent(nn.Module):
             self.reset()
         with torch.enable_grad():
             for _ in range(self.steps):
-                loss = entropy(self.model(x))
+                logits = self.model(x)  # (B, K): the prediction, made before this step's update
                 self.optimizer.zero_grad()
-                loss.backward()
+                entropy(logits).backward()
                 self.optimizer.step()
-        with torch.no_grad():
-            return self.model(x)  # (B, K)
+        return logits.detach()  # (B, K)
