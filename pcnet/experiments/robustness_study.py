@@ -21,6 +21,7 @@ import hashlib
 import json
 import pathlib
 import sys
+import time
 
 import torch
 from torch import nn
@@ -106,7 +107,8 @@ def _runs(c: Config) -> list[tuple]:
     """(model, attack, eps, budget, restarts) in order of importance."""
     strong = lambda m, e, q: [(m, "apgd-ce", e, c.steps, c.restarts), (m, "apgd-dlr", e, c.steps, c.restarts),
                               (m, "square", e, q, 1)]
-    runs = strong("t0", c.eps_main, c.queries_main) + strong("dynamics", c.eps_main, c.queries_main)
+    main = strong("t0", c.eps_main, c.queries_main) + strong("dynamics", c.eps_main, c.queries_main)
+    runs = sorted(main, key=lambda r: r[1] == "square")  # the gradient attacks first (stable sort)
     for m in ("t0", "dynamics"):  # convergence: the weak budget
         runs += [(m, "apgd-ce", c.eps_main, c.weak_steps, c.weak_restarts),
                  (m, "apgd-dlr", c.eps_main, c.weak_steps, c.weak_restarts), (m, "square", c.eps_main, c.queries, 1)]
@@ -220,15 +222,28 @@ def run_job(job: Job, net, x: torch.Tensor, y: torch.Tensor, config: Config) -> 
     return out
 
 
+def sanity_checks(net, x: torch.Tensor, y: torch.Tensor, *, timesteps: int, large_eps: float = 0.5,
+                  steps: int = 10, seed: int = 0) -> dict:
+    """Determinism (two evaluations agree bit for bit, so no EOT is needed; raises otherwise) and the large-eps
+    check: APGD-CE at ``large_eps`` (0.5 lets every image be turned mid-gray) must leave accuracy near 0."""
+    model = attacked_model(net, "dynamics", timesteps=timesteps)
+    attacks.assert_deterministic(model, x)
+    job = Job("dynamics", "apgd-ce", large_eps, steps, 1, block=0)
+    torch.manual_seed(seed)
+    return {"deterministic": True, "large_eps": large_eps, "steps": steps, "n": len(x),
+            "large_eps_accuracy": sum(run_job(job, net, x, y, Config(timesteps=timesteps))["correct"]) / len(x)}
+
+
 # --------------------------------------------------------------------------- chunks on disk
 def _chunk_path(cache: pathlib.Path, config: Config, job: Job) -> pathlib.Path:
     return pathlib.Path(cache) / config.digest() / f"{job.key}.json"
 
 
-def save_chunk(path: pathlib.Path, job: Job, result: dict) -> None:
-    """Atomically write one job's result with the sha256 of its canonical JSON."""
+def save_chunk(path: pathlib.Path, job: Job, result: dict, *, cpu_seconds: float | None = None) -> None:
+    """Atomically write one job's result with the sha256 of its canonical JSON (``cpu_seconds``: the job's
+    measured CPU time, kept beside the hashed body for planning)."""
     body = {"job": dataclasses.asdict(job), "result": result}
-    doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest()}
+    doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest(), "cpu_seconds": cpu_seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
     weights._write_text_atomic(path, json.dumps(doc) + "\n")
 
@@ -255,7 +270,9 @@ def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, pro
     for job in tqdm(todo[:max_jobs], desc="robustness jobs", disable=not progress):
         block = slice(job.block * config.block, (job.block + 1) * config.block)
         torch.manual_seed(config.attack_seed)  # torchattacks draws its random starts from torch's global RNG
-        save_chunk(_chunk_path(cache, config, job), job, run_job(job, net, x[block], y[block], config))
+        start = time.process_time()
+        result = run_job(job, net, x[block], y[block], config)
+        save_chunk(_chunk_path(cache, config, job), job, result, cpu_seconds=time.process_time() - start)
     return max(len(todo) - (len(todo) if max_jobs is None else max_jobs), 0)
 
 
@@ -311,6 +328,21 @@ def study(config: Config, *, recompute: bool = False, path=RESULT_PATH, cache=CA
     return result
 
 
+def progress(config: Config, *, cache=CACHE_DIR) -> dict:
+    """{run: [blocks done, blocks in all, CPU seconds of the done blocks (None where not measured)]}."""
+    _, x, _ = images(config)
+    out = {}
+    for job in jobs(config, len(x)):
+        path = _chunk_path(cache, config, job)
+        entry = out.setdefault(job.run, [0, 0, 0.0])
+        entry[1] += 1
+        if load_chunk(path, job) is not None:
+            cpu = json.loads(path.read_text()).get("cpu_seconds")
+            entry[0] += 1
+            entry[2] = None if cpu is None or entry[2] is None else entry[2] + cpu
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.robustness_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -319,9 +351,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default=str(CACHE_DIR), help="chunk folder (default: %(default)s)")
     parser.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--status", action="store_true", help="print the jobs done per run and exit")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = Config.smoke() if args.smoke else Config()
+    if args.status:
+        for run, (done, total, cpu) in progress(config, cache=pathlib.Path(args.cache)).items():
+            print(f"{run:45s} {done}/{total} blocks" + ("" if cpu is None or not done else f", {cpu:.0f} CPU-s"))
+        return 0
     remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs)
     if remaining:
         print(f"{remaining} jobs remain; rerun the same command to resume")
