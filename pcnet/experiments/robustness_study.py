@@ -321,6 +321,9 @@ def study(config: Config, *, recompute: bool = False, path=RESULT_PATH, cache=CA
     if recompute:
         compute(config, cache=cache)
         return assemble(config, cache=cache)
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"{path} does not exist: run `{COMMAND}` (resumable, hours on 2 CPU cores) or "
+                                "pass recompute=True (RECOMPUTE = True in the chapter)")
     result = weights.load_json_result(path)
     if _as_config(result["config"]) != config:
         raise ValueError(f"{path} was computed with {result['config']}, not the chapter's parameters "
