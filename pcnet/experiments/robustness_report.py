@@ -108,13 +108,23 @@ def timestep_family(result: dict) -> list[verdicts.Verdict]:
         contrast=f"eps = {eps:g}: t = {T} minus t = 0") for eps in result["config"]["eps_sweep"]])
 
 
+def robust_under(result: dict, *, model: str, eps: float, like: str) -> torch.Tensor:
+    """Per-image worst case for ``model`` over the attacks (attack, budget, restarts) run on model ``like``:
+    two models compared under the same attacks (the dynamics face more attacks than the controls)."""
+    same = {(r["attack"], r["budget"], r["restarts"]) for r in _runs(result, model=like, eps=eps).values()}
+    runs = [r for r in _runs(result, model=model, eps=eps).values() if (r["attack"], r["budget"], r["restarts"]) in same]
+    if len(runs) != len(same):
+        raise ValueError(f"model={model!r} lacks some of the attacks run on {like!r} at eps={eps}")
+    return torch.stack([torch.tensor(r["correct"]) for r in runs]).all(0)  # (N,)
+
+
 def control_family(result: dict) -> list[verdicts.Verdict]:
-    """At the main eps: dynamics minus each control (worst case over the same attacks), Holm within the family."""
+    """At the main eps: dynamics minus each control, both under the control's attacks (same attacks, budgets and
+    images), Holm within the family."""
     eps = result["config"]["eps_main"]
-    dyn = robust(result, model="dynamics", eps=eps)
-    return verdicts.holm_family([verdicts.paired_proportions(dyn, robust(result, model=c, eps=eps),
-                                                             contrast=f"eps = {eps:g}: dynamics minus {LABELS[c]}")
-                                 for c in result["config"]["controls"]])
+    return verdicts.holm_family([verdicts.paired_proportions(
+        robust_under(result, model="dynamics", eps=eps, like=c), robust(result, model=c, eps=eps),
+        contrast=f"eps = {eps:g}: dynamics minus {LABELS[c]}") for c in result["config"]["controls"]])
 
 
 def clean_family(result: dict) -> list[verdicts.Verdict]:
