@@ -94,7 +94,11 @@ def test_compute_resumes_and_assembles(tiny, tmp_path, monkeypatch):
     net, x, y = tiny
     monkeypatch.setattr(R, "images", lambda c: (torch.arange(6), x, y))
     monkeypatch.setattr(R, "network", lambda c: net)
-    assert R.compute(TINY, cache=tmp_path, max_jobs=3, progress=False) == len(R.jobs(TINY, 6)) - 3
+    n_jobs = len(R.jobs(TINY, 6))
+    assert R.compute(TINY, cache=tmp_path, max_jobs=3, shard=(1, 2), progress=False) == n_jobs - 3
+    assert sorted(p.name for p in tmp_path.rglob("*.json")) == sorted(f"{j.key}.json" for j in R.jobs(TINY, 6)[1:6:2])
+    with pytest.raises(ValueError, match="shard"):
+        R.compute(TINY, cache=tmp_path, shard=(2, 2))
     with pytest.raises(RuntimeError, match="not done"):
         R.assemble(TINY, cache=tmp_path)
     assert R.compute(TINY, cache=tmp_path, progress=False) == 0

@@ -8,6 +8,7 @@ jobs already done. When every job is done, :func:`assemble` writes the study to 
 provenance (:func:`pcnet.experiments.weights.save_json_result`)::
 
     nice -n 10 python -m pcnet.experiments.robustness_study            # full study (hours on 2 CPU cores)
+    python -m pcnet.experiments.robustness_study --shard 0/2 & python -m pcnet.experiments.robustness_study --shard 1/2
     python -m pcnet.experiments.robustness_study --smoke --out /tmp/x.json   # tiny, seconds
 
 Jobs run in order of importance (main epsilon first, AutoAttack last), so a partial run is useful to resume.
@@ -261,19 +262,28 @@ def load_chunk(path: pathlib.Path, job: Job) -> dict | None:
     return doc["result"]
 
 
-def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, progress: bool = True) -> int:
-    """Run the jobs not yet on disk (at most ``max_jobs``), most important first; returns how many remain."""
+def _undone(config: Config, cache, n_images: int) -> list[tuple[int, Job]]:
+    return [(i, j) for i, j in enumerate(jobs(config, n_images)) if load_chunk(_chunk_path(cache, config, j), j) is None]
+
+
+def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, shard: tuple[int, int] = (0, 1),
+            progress: bool = True) -> int:
+    """Run the jobs not yet on disk (at most ``max_jobs``), most important first; returns how many jobs of the
+    whole study remain. ``shard=(i, n)``: only jobs whose index is i mod n (n workers side by side)."""
     from tqdm.auto import tqdm
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     _, x, y = images(config)
-    todo = [j for j in jobs(config, len(x)) if load_chunk(_chunk_path(cache, config, j), j) is None]
+    todo = [j for k, j in _undone(config, cache, len(x)) if k % n == i][:max_jobs]
     net = network(config) if todo else None
-    for job in tqdm(todo[:max_jobs], desc="robustness jobs", disable=not progress):
+    for job in tqdm(todo, desc="robustness jobs", disable=not progress):
         block = slice(job.block * config.block, (job.block + 1) * config.block)
         torch.manual_seed(config.attack_seed)  # torchattacks draws its random starts from torch's global RNG
         start = time.process_time()
         result = run_job(job, net, x[block], y[block], config)
         save_chunk(_chunk_path(cache, config, job), job, result, cpu_seconds=time.process_time() - start)
-    return max(len(todo) - (len(todo) if max_jobs is None else max_jobs), 0)
+    return len(_undone(config, cache, len(x)))
 
 
 # --------------------------------------------------------------------------- the assembled study
@@ -353,6 +363,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(RESULT_PATH), help="result file (default: %(default)s)")
     parser.add_argument("--cache", default=str(CACHE_DIR), help="chunk folder (default: %(default)s)")
     parser.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
+    parser.add_argument("--shard", default="0/1", help="I/N: run only jobs I mod N (N workers side by side)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--status", action="store_true", help="print the jobs done per run and exit")
     args = parser.parse_args(argv)
@@ -362,7 +373,8 @@ def main(argv=None) -> int:
         for run, (done, total, cpu) in progress(config, cache=pathlib.Path(args.cache)).items():
             print(f"{run:45s} {done}/{total} blocks" + ("" if cpu is None or not done else f", {cpu:.0f} CPU-s"))
         return 0
-    remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs)
+    shard = tuple(int(v) for v in args.shard.split("/"))
+    remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs, shard=shard)
     if remaining:
         print(f"{remaining} jobs remain; rerun the same command to resume")
         return 0
