@@ -172,10 +172,14 @@ def family_table(family: list[verdicts.Verdict]):
 
 
 def plot_sweep(table, *, ax, colors: dict):
-    """Worst-case robust accuracy (upper bound, Wilson 95 % interval) against eps for each model in ``table``."""
-    for model, part in table.groupby("model", sort=False):
+    """Worst-case robust accuracy (upper bound, Wilson 95 % interval) against eps for each model in ``table``
+    (models nudged apart along the log eps axis so their intervals do not hide each other)."""
+    for k, (model, part) in enumerate(table.groupby("model", sort=False)):
         est, low, high = (part[c].to_numpy() for c in ("robust (%) <=", "low", "high"))
-        ax.errorbar(part["eps"], est, yerr=[est - low, high - est], marker="o", capsize=3, label=model,
+        ax.errorbar(part["eps"] * 1.04 ** k, est, yerr=[est - low, high - est], marker="o", capsize=3, label=model,
                     color=colors.get(model))
+    eps = sorted(set(table["eps"]))
     ax.set(xlabel="L-inf eps", ylabel="robust accuracy (%), upper bound", xscale="log")
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.minorticks_off()
     ax.legend()
