@@ -157,3 +157,14 @@ def test_summary_names_gains_losses_and_controls():
     assert timestep[0].effect == "gain" and control[0].effect == "none"
     text = RR.summary(timestep, control)
     assert "a gain at eps = 0.1" in text and "do not beat zero feedback" in text
+
+
+def test_study_loads_only_its_own_configuration(tmp_path):
+    from pcnet.experiments import weights
+    with pytest.raises(FileNotFoundError, match="robustness_study"):
+        R.study(TINY, path=tmp_path / "absent.json")
+    path = tmp_path / "study.json"
+    weights.save_json_result(path, {"config": dataclasses.asdict(TINY), "runs": {}}, command="test", seed=0)
+    assert R.study(TINY, path=path)["runs"] == {}
+    with pytest.raises(ValueError, match="RECOMPUTE"):
+        R.study(dataclasses.replace(TINY, steps=5), path=path)
