@@ -203,15 +203,20 @@ def images(config: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return idx, x_all[idx], y_all[idx]
 
 
-def network(config: Config):
-    """The chapter-2 backbone with the chapter-3 decoders of ``decoder_seed`` at (beta, lam, alpha)."""
+def network(config: Config, *, device="cpu"):
+    """The chapter-2 backbone with the chapter-3 decoders of ``decoder_seed`` at (beta, lam, alpha), on ``device``."""
     return models.load_reference_prednet(seed=config.decoder_seed, beta=config.beta, lam=config.lam,
-                                         alpha=config.alpha)
+                                         alpha=config.alpha).to(device)
+
+
+def _device(net) -> torch.device:
+    return next(net.parameters()).device
 
 
 def run_job(job: Job, net, x: torch.Tensor, y: torch.Tensor, config: Config) -> dict:
     """Attack one block: {"correct": per-image correctness of the attacked model on its adversarial images,
     "transfer": (t0 only) correctness of the dynamics at t = T on them}; lists of bools."""
+    x, y = x.to(_device(net)), y.to(_device(net))  # (B, C, H, W), (B,): where the network is
     model = attacked_model(net, job.model, timesteps=config.timesteps, last_k=config.last_k)
     attack = make_study_attack(job, model, seed=config.attack_seed)
     adv = attack(x, y).detach()  # (B, C, H, W)
@@ -228,7 +233,7 @@ def sanity_checks(net, x: torch.Tensor, y: torch.Tensor, *, timesteps: int, larg
     """Determinism (two evaluations agree bit for bit, so no EOT is needed; raises otherwise) and the large-eps
     check: APGD-CE at ``large_eps`` (0.5 lets every image be turned mid-gray) must leave accuracy near 0."""
     model = attacked_model(net, "dynamics", timesteps=timesteps)
-    attacks.assert_deterministic(model, x)
+    attacks.assert_deterministic(model, x.to(_device(net)))
     job = Job("dynamics", "apgd-ce", large_eps, steps, 1, block=0)
     torch.manual_seed(seed)
     return {"deterministic": True, "large_eps": large_eps, "steps": steps, "n": len(x),
@@ -267,7 +272,7 @@ def _undone(config: Config, cache, n_images: int) -> list[tuple[int, Job]]:
 
 
 def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, shard: tuple[int, int] = (0, 1),
-            progress: bool = True) -> int:
+            device="cpu", progress: bool = True) -> int:
     """Run the jobs not yet on disk (at most ``max_jobs``), most important first; returns how many jobs of the
     whole study remain. ``shard=(i, n)``: only jobs whose index is i mod n (n workers side by side)."""
     from tqdm.auto import tqdm
@@ -276,7 +281,7 @@ def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, sha
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     _, x, y = images(config)
     todo = [j for k, j in _undone(config, cache, len(x)) if k % n == i][:max_jobs]
-    net = network(config) if todo else None
+    net = network(config, device=device) if todo else None
     for job in tqdm(todo, desc="robustness jobs", disable=not progress):
         block = slice(job.block * config.block, (job.block + 1) * config.block)
         torch.manual_seed(config.attack_seed)  # torchattacks draws its random starts from torch's global RNG
@@ -289,7 +294,7 @@ def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, sha
 # --------------------------------------------------------------------------- the assembled study
 def _clean(net, config: Config, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Per-image clean correctness of every model (block by block: shuffled/mean mix within a block)."""
-    out = {}
+    out, x, y = {}, x.to(_device(net)), y.to(_device(net))
     for name in ("t0", "dynamics") + config.controls:
         model = attacked_model(net, name, timesteps=config.timesteps)
         with torch.no_grad():
@@ -298,7 +303,7 @@ def _clean(net, config: Config, x: torch.Tensor, y: torch.Tensor) -> dict:
     return out
 
 
-def assemble(config: Config, *, cache=CACHE_DIR) -> dict:
+def assemble(config: Config, *, cache=CACHE_DIR, device="cpu") -> dict:
     """The study as plain JSON from the finished chunks; raises (naming the command) if any job is missing."""
     idx, x, y = images(config)
     runs, missing = {}, []
@@ -318,19 +323,19 @@ def assemble(config: Config, *, cache=CACHE_DIR) -> dict:
         for field in blocks[0]:
             run[field] = [v for r in blocks for v in r[field]]
     return {"config": dataclasses.asdict(config), "indices": idx.tolist(), "labels": y.tolist(),
-            "clean": _clean(network(config), config, x, y), "runs": runs}
+            "clean": _clean(network(config, device=device), config, x, y), "runs": runs}
 
 
 def _as_config(d: dict) -> Config:
     return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def study(config: Config, *, recompute: bool = False, path=RESULT_PATH, cache=CACHE_DIR) -> dict:
+def study(config: Config, *, recompute: bool = False, path=RESULT_PATH, cache=CACHE_DIR, device="cpu") -> dict:
     """The chapter's entry point: recompute (resuming chunks under ``cache``) or load the committed study at
     ``path`` after checking its sha256 and that it was computed with ``config``."""
     if recompute:
-        compute(config, cache=cache)
-        return assemble(config, cache=cache)
+        compute(config, cache=cache, device=device)
+        return assemble(config, cache=cache, device=device)
     if not pathlib.Path(path).exists():
         raise FileNotFoundError(f"{path} does not exist: run `{COMMAND}` (resumable, hours on 2 CPU cores) or "
                                 "pass recompute=True (RECOMPUTE = True in the chapter)")
@@ -365,6 +370,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
     parser.add_argument("--shard", default="0/1", help="I/N: run only jobs I mod N (N workers side by side)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     parser.add_argument("--status", action="store_true", help="print the jobs done per run and exit")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -374,13 +380,14 @@ def main(argv=None) -> int:
             print(f"{run:45s} {done}/{total} blocks" + ("" if cpu is None or not done else f", {cpu:.0f} CPU-s"))
         return 0
     shard = tuple(int(v) for v in args.shard.split("/"))
-    remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs, shard=shard)
+    remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs, shard=shard, device=args.device)
     if remaining:
         print(f"{remaining} jobs remain; rerun the same command to resume")
         return 0
     command = " ".join(["python -m pcnet.experiments.robustness_study"] + (argv if argv is not None else sys.argv[1:]))
-    sha = weights.save_json_result(args.out, assemble(config, cache=pathlib.Path(args.cache)), command=command,
-                                   seed=config.attack_seed, extra={"config_digest": config.digest()})
+    result = assemble(config, cache=pathlib.Path(args.cache), device=args.device)
+    sha = weights.save_json_result(args.out, result, command=command, seed=config.attack_seed,
+                                   extra={"config_digest": config.digest()})
     print(f"wrote {args.out} (sha256 {sha[:12]})")
     return 0
 
