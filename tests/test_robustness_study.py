@@ -93,7 +93,7 @@ def test_chunks_are_hashed_and_checked(tmp_path):
 def test_compute_resumes_and_assembles(tiny, tmp_path, monkeypatch):
     net, x, y = tiny
     monkeypatch.setattr(R, "images", lambda c: (torch.arange(6), x, y))
-    monkeypatch.setattr(R, "network", lambda c: net)
+    monkeypatch.setattr(R, "network", lambda c, device="cpu": net)
     n_jobs = len(R.jobs(TINY, 6))
     assert R.compute(TINY, cache=tmp_path, max_jobs=3, shard=(1, 2), progress=False) == n_jobs - 3
     assert sorted(p.name for p in tmp_path.rglob("*.json")) == sorted(f"{j.key}.json" for j in R.jobs(TINY, 6)[1:6:2])
