@@ -95,6 +95,15 @@ def _wilson(x: int, n: int, z: float) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def proportion_interval(correct, *, confidence: float = 0.95) -> Interval:
+    """An accuracy (fraction) with its Wilson score interval, from per-image outcomes (bool or 0/1)."""
+    _check_level(confidence, "confidence")
+    c = _binary(correct, "correct")
+    x, n = int(c.sum()), c.numel()
+    low, high = _wilson(x, n, _NORMAL.inv_cdf(0.5 + confidence / 2))
+    return Interval(*(torch.tensor(v, dtype=torch.float64) for v in (x / n, max(low, 0.0), min(high, 1.0))))
+
+
 def newcombe_interval(n11: int, n10: int, n01: int, n00: int, *, confidence: float = 0.95) -> Interval:
     """Newcombe's score interval (1998, method 10) for p1 - p2 = (n10 - n01) / n of paired proportions.
 

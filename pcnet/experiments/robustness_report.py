@@ -1,0 +1,185 @@
+"""Chapter 6's report: robust accuracy as an upper bound, attack convergence, and the verdict families.
+
+Input: the study of :func:`pcnet.experiments.robustness_study.study` (plain JSON). Every attack's per-image
+correctness is an *upper bound* on robust accuracy (a stronger attack can only lower it); an image counts as
+robust only if no attack fooled it (per-image worst case). Intervals: Wilson for one accuracy, Newcombe + exact
+McNemar for paired contrasts, Holm within a family (:mod:`pcnet.experiments.verdicts`). Nothing runs at import.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import stats, verdicts
+
+LABELS = {"t0": "t = 0 (backbone)", "dynamics": "t = T (dynamics)", "zero": "zero feedback",
+          "shuffled": "shuffled feedback", "mean": "mean feedback", "rescale": "rescale (fixed point)",
+          "bpda-feedforward": "BPDA feedforward", "bpda-last-k": "BPDA last k",
+          "bpda-detached-error": "BPDA detached error"}
+
+
+def _runs(result: dict, *, model: str, eps: float) -> dict:
+    return {k: r for k, r in result["runs"].items() if r["model"] == model and r["eps"] == eps}
+
+
+def attack_outcomes(result: dict, *, model: str, eps: float) -> dict[str, torch.Tensor]:
+    """{run key: per-image correctness (N,)} of every attack on ``model`` at ``eps``; for the dynamics also
+    the transfer from the backbone's adversarial images and the BPDA attacks (evaluated on the dynamics)."""
+    out = {k: torch.tensor(r["correct"]) for k, r in _runs(result, model=model, eps=eps).items()}
+    if model == "dynamics":
+        for k, r in _runs(result, model="t0", eps=eps).items():
+            out["transfer from " + k] = torch.tensor(r["transfer"])
+        for name in (m for m in LABELS if m.startswith("bpda-")):
+            out.update({k: torch.tensor(r["correct"]) for k, r in _runs(result, model=name, eps=eps).items()})
+    if not out:
+        raise ValueError(f"no attack on model={model!r} at eps={eps} in the study")
+    return out
+
+
+def robust(result: dict, *, model: str, eps: float) -> torch.Tensor:
+    """Per-image worst case over every attack on ``model`` at ``eps``: bool (N,)."""
+    return torch.stack(list(attack_outcomes(result, model=model, eps=eps).values())).all(0)  # (N,)
+
+
+def _bound(correct) -> dict:
+    est, low, high = (100 * float(v) for v in stats.proportion_interval(correct))
+    return {"robust (%) <=": round(est, 1), "low": round(low, 1), "high": round(high, 1)}
+
+
+def sweep_table(result: dict, *, models=("t0", "dynamics")):
+    """One row per (eps, model): n, each attack's robust accuracy and the worst case with its Wilson interval."""
+    import pandas as pd
+    rows = []
+    for eps in result["config"]["eps_sweep"]:
+        for model in models:
+            outcomes = attack_outcomes(result, model=model, eps=eps)
+            worst = torch.stack(list(outcomes.values())).all(0)
+            row = {"eps": eps, "model": LABELS[model], "n": len(worst), **_bound(worst)}
+            row["strongest attack"] = min(outcomes, key=lambda k: int(outcomes[k].sum()))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def attack_table(result: dict, *, eps: float):
+    """Every attack at ``eps``: model, attack, budget and its robust accuracy (an upper bound) with interval."""
+    import pandas as pd
+    rows = [{"model": LABELS[r["model"]], "attack": r["attack"], "budget": f"{r['budget']} x {r['restarts']}",
+             **_bound(r["correct"])} for r in result["runs"].values() if r["eps"] == eps]
+    rows += [{"model": LABELS["dynamics"], "attack": "transfer (" + r["attack"] + " on t = 0)",
+              "budget": f"{r['budget']} x {r['restarts']}", **_bound(r["transfer"])}
+             for r in result["runs"].values() if r["eps"] == eps and r["model"] == "t0"]
+    return pd.DataFrame(rows)
+
+
+def convergence(result: dict, *, tolerance: float) -> list[dict]:
+    """For each (model, attack) run at two budgets at the main eps: images left robust by the weak and by the
+    strong budget; ``converged`` when the two differ by at most ``tolerance`` points (either way: more
+    robust images under the stronger budget means the attack's randomness, not its budget, decides)."""
+    eps, out = result["config"]["eps_main"], []
+    for model in ("t0", "dynamics"):
+        by_attack = {}
+        for r in _runs(result, model=model, eps=eps).values():
+            by_attack.setdefault(r["attack"], []).append(r)
+        for attack, runs in by_attack.items():
+            if len(runs) < 2:
+                continue
+            weak, strong = sorted(runs, key=lambda r: (r["budget"], r["restarts"]))[:: len(runs) - 1]
+            w, s = (100 * sum(r["correct"]) / len(r["correct"]) for r in (weak, strong))
+            out.append({"model": LABELS[model], "attack": attack, "weak budget": f"{weak['budget']} x {weak['restarts']}",
+                        "strong budget": f"{strong['budget']} x {strong['restarts']}", "weak (%)": round(w, 1),
+                        "strong (%)": round(s, 1), "converged": abs(w - s) <= tolerance})
+    return out
+
+
+def convergence_lines(rows: list[dict], *, tolerance: float) -> list[str]:
+    """One sentence per unconverged attack, or one saying all converged (within ``tolerance`` points)."""
+    bad = [r for r in rows if not r["converged"]]
+    if not bad:
+        return [f"Every attack run at two budgets agrees within {tolerance:g} points: converged."]
+    return [f"{r['attack']} on {r['model']} has NOT converged: {r['weak (%)']}% at {r['weak budget']} vs "
+            f"{r['strong (%)']}% at {r['strong budget']} (tolerance {tolerance:g} points); its robust accuracy is "
+            "an upper bound that a longer attack may lower." for r in bad]
+
+
+def timestep_family(result: dict) -> list[verdicts.Verdict]:
+    """Dynamics (t = T) minus backbone (t = 0) worst-case robust accuracy at every eps, Holm within the family."""
+    T = result["config"]["timesteps"]
+    return verdicts.holm_family([verdicts.paired_proportions(
+        robust(result, model="dynamics", eps=eps), robust(result, model="t0", eps=eps),
+        contrast=f"eps = {eps:g}: t = {T} minus t = 0") for eps in result["config"]["eps_sweep"]])
+
+
+def robust_under(result: dict, *, model: str, eps: float, like: str) -> torch.Tensor:
+    """Per-image worst case for ``model`` over the attacks (attack, budget, restarts) run on model ``like``:
+    two models compared under the same attacks (the dynamics face more attacks than the controls)."""
+    same = {(r["attack"], r["budget"], r["restarts"]) for r in _runs(result, model=like, eps=eps).values()}
+    runs = [r for r in _runs(result, model=model, eps=eps).values() if (r["attack"], r["budget"], r["restarts"]) in same]
+    if len(runs) != len(same):
+        raise ValueError(f"model={model!r} lacks some of the attacks run on {like!r} at eps={eps}")
+    return torch.stack([torch.tensor(r["correct"]) for r in runs]).all(0)  # (N,)
+
+
+def control_family(result: dict) -> list[verdicts.Verdict]:
+    """At the main eps: dynamics minus each control, both under the control's attacks (same attacks, budgets and
+    images), Holm within the family."""
+    eps = result["config"]["eps_main"]
+    return verdicts.holm_family([verdicts.paired_proportions(
+        robust_under(result, model="dynamics", eps=eps, like=c), robust(result, model=c, eps=eps),
+        contrast=f"eps = {eps:g}: dynamics minus {LABELS[c]}") for c in result["config"]["controls"]])
+
+
+def clean_family(result: dict) -> list[verdicts.Verdict]:
+    """Clean accuracy: dynamics minus t = 0 and minus each control (the cost side), Holm within the family."""
+    clean = {k: torch.tensor(v) for k, v in result["clean"].items()}
+    return verdicts.holm_family([verdicts.paired_proportions(clean["dynamics"], clean[m],
+                                                             contrast=f"clean: dynamics minus {LABELS[m]}")
+                                 for m in clean if m != "dynamics"])
+
+
+def conclusion_lines(result: dict, *, timestep: list, control: list, clean: list, tolerance: float) -> list[str]:
+    """The chapter's findings, one line each, from the study and its verdict families (every eps of the sweep)."""
+    c, T = result["config"], result["config"]["timesteps"]
+    sweep = sweep_table(result)
+    lines = [f"{len(result['labels'])} test images; T = {T}; APGD-CE/DLR {c['steps']} steps x {c['restarts']} "
+             f"restarts, Square {c['queries']} queries ({c['queries_main']} at eps = {c['eps_main']:g})"
+             + (", AutoAttack (standard)" if c["autoattack"] else "") + " at the main eps."]
+    lines += convergence_lines(convergence(result, tolerance=tolerance), tolerance=tolerance)
+    lines += [f"eps = {r.eps:g}, {r.model}: robust accuracy <= {r['robust (%) <=']:.1f}% "
+              f"(95% interval [{r.low:.1f}, {r.high:.1f}])" for _, r in sweep.iterrows()]
+    lines += [f"Dynamics vs t = 0 -- {v}" for v in timestep]
+    lines += [f"Controls -- {v}" for v in control] + [f"Clean cost -- {v}" for v in clean]
+    return lines + [summary(timestep, control)]
+
+
+def summary(timestep: list, control: list) -> str:
+    """One sentence: at which eps the dynamics gain or lose robust accuracy (Holm-corrected), and whether a gain
+    survives every control."""
+    by = {e: [v.contrast.split(":")[0] for v in timestep if v.effect == e] for e in ("gain", "cost", "none")}
+    text = "Conclusion: against the worst case over full-strength attacks the dynamics show "
+    parts = [f"a gain at {', '.join(by['gain'])}" if by["gain"] else "",
+             f"a loss at {', '.join(by['cost'])}" if by["cost"] else "",
+             f"no detectable change at {', '.join(by['none'])} (upper bounds above)" if by["none"] else ""]
+    text += "; ".join(p for p in parts if p) + "."
+    if by["gain"]:
+        beaten = [v.contrast.split("minus ")[-1] for v in control if v.effect != "gain"]
+        text += (f" The gain is not specific to the prediction's content: the dynamics do not beat {', '.join(beaten)}."
+                 if beaten else " The dynamics beat every control at the main eps.")
+    return text
+
+
+def family_table(family: list[verdicts.Verdict]):
+    import pandas as pd
+    return pd.DataFrame([v.as_row() for v in family])
+
+
+def plot_sweep(table, *, ax, colors: dict):
+    """Worst-case robust accuracy (upper bound, Wilson 95 % interval) against eps for each model in ``table``
+    (models nudged apart along the log eps axis so their intervals do not hide each other)."""
+    for k, (model, part) in enumerate(table.groupby("model", sort=False)):
+        est, low, high = (part[c].to_numpy() for c in ("robust (%) <=", "low", "high"))
+        ax.errorbar(part["eps"] * 1.04 ** k, est, yerr=[est - low, high - est], marker="o", capsize=3, label=model,
+                    color=colors.get(model))
+    eps = sorted(set(table["eps"]))
+    ax.set(xlabel="L-inf eps", ylabel="robust accuracy (%), upper bound", xscale="log")
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.minorticks_off()
+    ax.legend()

@@ -1,0 +1,396 @@
+"""Chapter 6's full-strength robustness study, computed in resumable chunks (CLI).
+
+One *job* is one attack at one budget against one model at one epsilon on one block of images; its result is
+the per-image correctness on the adversarial images (and, for attacks on the backbone, the correctness of the
+dynamics at t = T on the same images: a transfer attack for free). Each job's result is written atomically to
+``data/cache/ch6_robustness/<config hash>/<job key>.json`` with the sha256 of its content; a rerun skips the
+jobs already done. When every job is done, :func:`assemble` writes the study to ``data/results/`` with
+provenance (:func:`pcnet.experiments.weights.save_json_result`)::
+
+    nice -n 10 python -m pcnet.experiments.robustness_study            # full study (hours on 2 CPU cores)
+    python -m pcnet.experiments.robustness_study --shard 0/2 & python -m pcnet.experiments.robustness_study --shard 1/2
+    python -m pcnet.experiments.robustness_study --smoke --out /tmp/x.json   # tiny, seconds
+
+Jobs run in order of importance (main epsilon first, AutoAttack last), so a partial run is useful to resume.
+Nothing runs at import.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import pathlib
+import sys
+import time
+
+import torch
+from torch import nn
+
+from . import attacks, corruptions, data, models, weights
+
+MODELS = ("t0", "dynamics", "zero", "shuffled", "mean", "rescale", "bpda-feedforward", "bpda-last-k",
+          "bpda-detached-error")
+STUDY_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "autoattack")
+RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness.json"
+CACHE_DIR = data.DATA_DIR / "cache" / "ch6_robustness"
+STUDY_VERSION = 1  # bump when a change alters what a job computes (old chunks then live in another folder)
+COMMAND = "nice -n 10 python -m pcnet.experiments.robustness_study"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The study's parameters (defaults: the full study; :meth:`smoke` shrinks them)."""
+    per_class: int = 20                       # images per class (x 10 classes), class-stratified test subset
+    subset_seed: int = 2
+    decoder_seed: int = 0
+    timesteps: int = 6
+    beta: float = 0.8
+    lam: float = 0.1
+    alpha: float = 0.01
+    eps_sweep: tuple = (0.01, 0.02, 0.04, 0.08)  # L-inf, [0, 1] pixel units
+    eps_main: float = 0.02
+    steps: int = 100                          # APGD: strong budget (steps, restarts)
+    restarts: int = 3
+    weak_steps: int = 50                      # APGD: weak budget, main epsilon only (convergence)
+    weak_restarts: int = 1
+    queries: int = 1000                       # Square: every epsilon / weak budget at the main epsilon
+    queries_main: int = 5000                  # Square: strong budget at the main epsilon
+    last_k: int = 2                           # BPDA last-k
+    controls: tuple = ("zero", "shuffled", "mean", "rescale")
+    bpda: tuple = ("bpda-feedforward", "bpda-last-k", "bpda-detached-error")
+    autoattack: bool = True
+    attack_seed: int = 0
+    block: int = 50                           # images per job (the batch: shuffled/mean feedback mix within it)
+
+    @classmethod
+    def smoke(cls) -> "Config":
+        return cls(per_class=1, timesteps=2, eps_sweep=(0.02, 0.08), steps=4, restarts=2, weak_steps=2,
+                   queries=10, queries_main=20, last_k=1, block=5, autoattack=False)
+
+    def __post_init__(self):
+        if self.eps_main not in self.eps_sweep:
+            raise ValueError(f"eps_main={self.eps_main} must be one of eps_sweep={self.eps_sweep}")
+        if not (self.steps >= self.weak_steps and self.restarts >= self.weak_restarts
+                and self.queries_main >= self.queries):
+            raise ValueError("the strong budget (steps, restarts, queries_main) must not be below the weak one "
+                             "(weak_steps, weak_restarts, queries)")
+        bad = set(self.controls + self.bpda) - set(MODELS)
+        if bad:
+            raise ValueError(f"unknown models {sorted(bad)} in controls/bpda; choose from {MODELS}")
+
+    def digest(self) -> str:
+        """A short hash of the parameters (names the chunk folder, so changed parameters never mix)."""
+        return hashlib.sha256(json.dumps({**dataclasses.asdict(self), "version": STUDY_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One attack at one budget (steps or queries, restarts) on one model, epsilon and image block."""
+    model: str
+    attack: str
+    eps: float
+    budget: int
+    restarts: int
+    block: int
+
+    @property
+    def run(self) -> str:
+        """The key of the run (all blocks): model/attack/eps/budget."""
+        return f"{self.model}/{self.attack}/eps={self.eps:g}/{self.budget}x{self.restarts}"
+
+    @property
+    def key(self) -> str:
+        return self.run.replace("/", "_").replace("=", "") + f"_b{self.block}"
+
+
+def _runs(c: Config) -> list[tuple]:
+    """(model, attack, eps, budget, restarts) in order of importance."""
+    strong = lambda m, e, q: [(m, "apgd-ce", e, c.steps, c.restarts), (m, "apgd-dlr", e, c.steps, c.restarts),
+                              (m, "square", e, q, 1)]
+    main = strong("t0", c.eps_main, c.queries_main) + strong("dynamics", c.eps_main, c.queries_main)
+    runs = sorted(main, key=lambda r: r[1] == "square")  # the gradient attacks first (stable sort)
+    for m in ("t0", "dynamics"):  # convergence: the weak budget
+        runs += [(m, "apgd-ce", c.eps_main, c.weak_steps, c.weak_restarts),
+                 (m, "apgd-dlr", c.eps_main, c.weak_steps, c.weak_restarts), (m, "square", c.eps_main, c.queries, 1)]
+    for e in (e for e in c.eps_sweep if e != c.eps_main):
+        runs += strong("t0", e, c.queries) + strong("dynamics", e, c.queries)
+    for m in c.controls:
+        runs += [(m, "apgd-ce", c.eps_main, c.steps, c.restarts), (m, "apgd-dlr", c.eps_main, c.steps, c.restarts)]
+    runs += [(m, "apgd-ce", c.eps_main, c.steps, 1) for m in c.bpda]
+    if c.autoattack:
+        runs += [(m, "autoattack", c.eps_main, 0, 1) for m in ("t0", "dynamics")]
+    return runs
+
+
+def jobs(config: Config, n_images: int) -> list[Job]:
+    """Every job of the study, most important first."""
+    blocks = range((n_images + config.block - 1) // config.block)
+    return [Job(*run, block=b) for run in _runs(config) for b in blocks]
+
+
+class Rescaled(nn.Module):
+    """The rescale control as a (B, K) model: the backbone with each PCoder output times ``scale``."""
+
+    def __init__(self, net, *, scale):
+        super().__init__()
+        self.net, self.scale = net, scale  # float, or one per PCoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import pcnet
+        return pcnet.rescaled_forward(self.net, x, scale=self.scale)  # (B, K)
+
+
+class BatchFeedback(nn.Module):
+    """A feedback control that mixes predictions across the batch ("shuffled", "mean") as a (B, K) model.
+
+    Attacks re-batch the images they still attack, so the attacked batch can shrink below the evaluated block;
+    a batch of one has no other image to take a prediction from, and there the model falls back to the image's
+    own prediction (what "shuffled" and "mean" give for B = 1 by their definition). Only the attack's search
+    sees these smaller batches: the reported correctness is evaluated on the whole block.
+    """
+
+    def __init__(self, net, *, timesteps: int, feedback: str):
+        super().__init__()
+        self.control = attacks.TimestepLogits(net, timestep=timesteps, feedback=feedback)
+        self.single = attacks.TimestepLogits(net, timestep=timesteps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.control if x.shape[0] >= 2 else self.single)(x)  # (B, K)
+
+
+def attacked_model(net, name: str, *, timesteps: int, last_k: int = 1) -> nn.Module:
+    """The (B, K) model that ``name`` (one of MODELS) attacks; its forward value is the evaluated function."""
+    import pcnet
+    if name == "t0":
+        return attacks.TimestepLogits(net, timestep=0)
+    if name == "dynamics":
+        return attacks.TimestepLogits(net, timestep=timesteps)
+    if name == "zero":
+        return attacks.TimestepLogits(net, timestep=timesteps, feedback=name)
+    if name in ("shuffled", "mean"):
+        return BatchFeedback(net, timesteps=timesteps, feedback=name)
+    if name == "rescale":
+        hp = net.hparams()
+        scale = [pcnet.dynamics.fixed_point_scale(beta=float(b), lam=float(l)) for b, l in zip(hp["beta"], hp["lam"])]
+        return Rescaled(net, scale=scale).eval()
+    if name.startswith("bpda-"):
+        gradient = name[len("bpda-"):]
+        return attacks.TimestepLogits(net, timestep=timesteps, gradient=gradient,
+                                      k=last_k if gradient == "last-k" else None)
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+
+
+def make_study_attack(job: Job, model: nn.Module, *, seed: int):
+    """The torchattacks attack of ``job`` (L-inf): APGD with (budget steps, restarts), Square with budget
+    queries, or AutoAttack (version "standard")."""
+    import torchattacks as ta
+    if job.attack in ("apgd-ce", "apgd-dlr"):
+        return ta.APGD(model, norm="Linf", eps=job.eps, steps=job.budget, n_restarts=job.restarts, seed=seed,
+                       loss=job.attack[len("apgd-"):])
+    if job.attack == "square":
+        return ta.Square(model, norm="Linf", eps=job.eps, n_queries=job.budget, n_restarts=job.restarts, seed=seed)
+    if job.attack == "autoattack":
+        return ta.AutoAttack(model, norm="Linf", eps=job.eps, version="standard", n_classes=10, seed=seed)
+    raise ValueError(f"unknown attack {job.attack!r}; choose one of {STUDY_ATTACKS}")
+
+
+# --------------------------------------------------------------------------- one job
+def images(config: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices (N,), x (N, 1, 28, 28), y (N,)): the class-stratified Fashion-MNIST test subset."""
+    x_all, y_all = data.fashion_mnist(split="test").tensors
+    idx = corruptions.stratified_subset(y_all, per_class=config.per_class, seed=config.subset_seed)
+    return idx, x_all[idx], y_all[idx]
+
+
+def network(config: Config, *, device="cpu"):
+    """The chapter-2 backbone with the chapter-3 decoders of ``decoder_seed`` at (beta, lam, alpha), on ``device``."""
+    return models.load_reference_prednet(seed=config.decoder_seed, beta=config.beta, lam=config.lam,
+                                         alpha=config.alpha).to(device)
+
+
+def _device(net) -> torch.device:
+    return next(net.parameters()).device
+
+
+def run_job(job: Job, net, x: torch.Tensor, y: torch.Tensor, config: Config) -> dict:
+    """Attack one block: {"correct": per-image correctness of the attacked model on its adversarial images,
+    "transfer": (t0 only) correctness of the dynamics at t = T on them}; lists of bools."""
+    x, y = x.to(_device(net)), y.to(_device(net))  # (B, C, H, W), (B,): where the network is
+    model = attacked_model(net, job.model, timesteps=config.timesteps, last_k=config.last_k)
+    attack = make_study_attack(job, model, seed=config.attack_seed)
+    adv = attack(x, y).detach()  # (B, C, H, W)
+    attacks.check_perturbation(x, adv, eps=job.eps, norm="Linf")
+    with torch.no_grad():
+        out = {"correct": (model(adv).argmax(-1) == y).tolist()}
+        if job.model == "t0":
+            out["transfer"] = (net(adv, timesteps=config.timesteps)[-1].argmax(-1) == y).tolist()
+    return out
+
+
+def sanity_checks(net, x: torch.Tensor, y: torch.Tensor, *, timesteps: int, large_eps: float = 0.5,
+                  steps: int = 10, seed: int = 0) -> dict:
+    """Determinism (two evaluations agree bit for bit, so no EOT is needed; raises otherwise) and the large-eps
+    check: APGD-CE at ``large_eps`` (0.5 lets every image be turned mid-gray) must leave accuracy near 0."""
+    model = attacked_model(net, "dynamics", timesteps=timesteps)
+    attacks.assert_deterministic(model, x.to(_device(net)))
+    job = Job("dynamics", "apgd-ce", large_eps, steps, 1, block=0)
+    torch.manual_seed(seed)
+    return {"deterministic": True, "large_eps": large_eps, "steps": steps, "n": len(x),
+            "large_eps_accuracy": sum(run_job(job, net, x, y, Config(timesteps=timesteps))["correct"]) / len(x)}
+
+
+# --------------------------------------------------------------------------- chunks on disk
+def _chunk_path(cache: pathlib.Path, config: Config, job: Job) -> pathlib.Path:
+    return pathlib.Path(cache) / config.digest() / f"{job.key}.json"
+
+
+def save_chunk(path: pathlib.Path, job: Job, result: dict, *, cpu_seconds: float | None = None) -> None:
+    """Atomically write one job's result with the sha256 of its canonical JSON (``cpu_seconds``: the job's
+    measured CPU time, kept beside the hashed body for planning)."""
+    body = {"job": dataclasses.asdict(job), "result": result}
+    doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest(), "cpu_seconds": cpu_seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights._write_text_atomic(path, json.dumps(doc) + "\n")
+
+
+def load_chunk(path: pathlib.Path, job: Job) -> dict | None:
+    """A finished job's result, or None when absent; raises if the file does not match its hash or its job."""
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    body = {"job": doc.get("job"), "result": doc.get("result")}
+    if hashlib.sha256(weights._canonical(body)).hexdigest() != doc.get("sha256"):
+        raise RuntimeError(f"chunk {path} does not match its sha256; delete it and rerun {COMMAND}")
+    if doc["job"] != dataclasses.asdict(job):
+        raise RuntimeError(f"chunk {path} holds job {doc['job']}, expected {dataclasses.asdict(job)}; delete it")
+    return doc["result"]
+
+
+def _undone(config: Config, cache, n_images: int) -> list[tuple[int, Job]]:
+    return [(i, j) for i, j in enumerate(jobs(config, n_images)) if load_chunk(_chunk_path(cache, config, j), j) is None]
+
+
+def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, shard: tuple[int, int] = (0, 1),
+            device="cpu", progress: bool = True) -> int:
+    """Run the jobs not yet on disk (at most ``max_jobs``), most important first; returns how many jobs of the
+    whole study remain. ``shard=(i, n)``: only jobs whose index is i mod n (n workers side by side)."""
+    from tqdm.auto import tqdm
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    _, x, y = images(config)
+    todo = [j for k, j in _undone(config, cache, len(x)) if k % n == i][:max_jobs]
+    net = network(config, device=device) if todo else None
+    for job in tqdm(todo, desc="robustness jobs", disable=not progress):
+        block = slice(job.block * config.block, (job.block + 1) * config.block)
+        torch.manual_seed(config.attack_seed)  # torchattacks draws its random starts from torch's global RNG
+        start = time.process_time()
+        result = run_job(job, net, x[block], y[block], config)
+        save_chunk(_chunk_path(cache, config, job), job, result, cpu_seconds=time.process_time() - start)
+    return len(_undone(config, cache, len(x)))
+
+
+# --------------------------------------------------------------------------- the assembled study
+def _clean(net, config: Config, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per-image clean correctness of every model (block by block: shuffled/mean mix within a block)."""
+    out, x, y = {}, x.to(_device(net)), y.to(_device(net))
+    for name in ("t0", "dynamics") + config.controls:
+        model = attacked_model(net, name, timesteps=config.timesteps)
+        with torch.no_grad():
+            out[name] = torch.cat([model(x[i:i + config.block]).argmax(-1) == y[i:i + config.block]
+                                   for i in range(0, len(x), config.block)]).tolist()
+    return out
+
+
+def assemble(config: Config, *, cache=CACHE_DIR, device="cpu") -> dict:
+    """The study as plain JSON from the finished chunks; raises (naming the command) if any job is missing."""
+    idx, x, y = images(config)
+    runs, missing = {}, []
+    for job in jobs(config, len(x)):
+        result = load_chunk(_chunk_path(cache, config, job), job)
+        if result is None:
+            missing.append(job.key)
+            continue
+        run = runs.setdefault(job.run, {"model": job.model, "attack": job.attack, "eps": job.eps,
+                                        "budget": job.budget, "restarts": job.restarts, "blocks": []})
+        run["blocks"].append((job.block, result))
+    if missing:
+        raise RuntimeError(f"{len(missing)} of {len(jobs(config, len(x)))} jobs are not done (first: {missing[0]}); "
+                           f"run `{COMMAND}` (it resumes)")
+    for run in runs.values():
+        blocks = [r for _, r in sorted(run.pop("blocks"), key=lambda b: b[0])]
+        for field in blocks[0]:
+            run[field] = [v for r in blocks for v in r[field]]
+    return {"config": dataclasses.asdict(config), "indices": idx.tolist(), "labels": y.tolist(),
+            "clean": _clean(network(config, device=device), config, x, y), "runs": runs}
+
+
+def _as_config(d: dict) -> Config:
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def study(config: Config, *, recompute: bool = False, path=RESULT_PATH, cache=CACHE_DIR, device="cpu") -> dict:
+    """The chapter's entry point: recompute (resuming chunks under ``cache``) or load the committed study at
+    ``path`` after checking its sha256 and that it was computed with ``config``."""
+    if recompute:
+        compute(config, cache=cache, device=device)
+        return assemble(config, cache=cache, device=device)
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"{path} does not exist: run `{COMMAND}` (resumable, hours on 2 CPU cores) or "
+                                "pass recompute=True (RECOMPUTE = True in the chapter)")
+    result = weights.load_json_result(path)
+    if _as_config(result["config"]) != config:
+        raise ValueError(f"{path} was computed with {result['config']}, not the chapter's parameters "
+                         f"{dataclasses.asdict(config)}; pass recompute=True (RECOMPUTE = True) or run {COMMAND}")
+    return result
+
+
+def progress(config: Config, *, cache=CACHE_DIR) -> dict:
+    """{run: [blocks done, blocks in all, CPU seconds of the done blocks (None where not measured)]}."""
+    _, x, _ = images(config)
+    out = {}
+    for job in jobs(config, len(x)):
+        path = _chunk_path(cache, config, job)
+        entry = out.setdefault(job.run, [0, 0, 0.0])
+        entry[1] += 1
+        if load_chunk(path, job) is not None:
+            cpu = json.loads(path.read_text()).get("cpu_seconds")
+            entry[0] += 1
+            entry[2] = None if cpu is None or entry[2] is None else entry[2] + cpu
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.robustness_study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="the tiny configuration (seconds)")
+    parser.add_argument("--out", default=str(RESULT_PATH), help="result file (default: %(default)s)")
+    parser.add_argument("--cache", default=str(CACHE_DIR), help="chunk folder (default: %(default)s)")
+    parser.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
+    parser.add_argument("--shard", default="0/1", help="I/N: run only jobs I mod N (N workers side by side)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
+    parser.add_argument("--status", action="store_true", help="print the jobs done per run and exit")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = Config.smoke() if args.smoke else Config()
+    if args.status:
+        for run, (done, total, cpu) in progress(config, cache=pathlib.Path(args.cache)).items():
+            print(f"{run:45s} {done}/{total} blocks" + ("" if cpu is None or not done else f", {cpu:.0f} CPU-s"))
+        return 0
+    shard = tuple(int(v) for v in args.shard.split("/"))
+    remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs, shard=shard, device=args.device)
+    if remaining:
+        print(f"{remaining} jobs remain; rerun the same command to resume")
+        return 0
+    command = " ".join(["python -m pcnet.experiments.robustness_study"] + (argv if argv is not None else sys.argv[1:]))
+    result = assemble(config, cache=pathlib.Path(args.cache), device=args.device)
+    sha = weights.save_json_result(args.out, result, command=command, seed=config.attack_seed,
+                                   extra={"config_digest": config.digest()})
+    print(f"wrote {args.out} (sha256 {sha[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

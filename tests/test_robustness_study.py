@@ -1,0 +1,170 @@
+"""pcnet.experiments.robustness_study / robustness_report: jobs, hashed resumable chunks, the attacked models,
+worst case, convergence and the verdict families (tiny models and hand-made outcomes)."""
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import pcnet
+from pcnet.experiments import robustness_report as RR
+from pcnet.experiments import robustness_study as R
+from pcnet.experiments import stats
+
+TINY = R.Config(per_class=1, timesteps=2, eps_sweep=(0.05, 0.2), eps_main=0.05, steps=3, restarts=2, weak_steps=2,
+                queries=4, queries_main=6, last_k=1, block=4, autoattack=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A predified 3-class 8x8 CNN (untrained decoders) and 6 images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32, 3))
+    net = pcnet.predify(model, layers=["1", "4"], input_shape=(1, 8, 8), beta=0.6, lam=0.3, alpha=0.05).eval()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = net(x, timesteps=2)[-1].argmax(-1)  # (6,): every image starts correct
+    return net, x, y
+
+
+def test_config_checks_its_budgets():
+    with pytest.raises(ValueError, match="eps_main"):
+        R.Config(eps_main=0.03)
+    with pytest.raises(ValueError, match="strong budget"):
+        R.Config(weak_steps=200)
+    with pytest.raises(ValueError, match="unknown models"):
+        R.Config(controls=("zeros",))
+    assert R.Config().digest() != R.Config(steps=101).digest()
+
+
+def test_jobs_main_eps_first_autoattack_last_keys_unique():
+    c = R.Config()
+    js = R.jobs(c, 200)
+    assert len({j.key for j in js}) == len(js) and len(js) % 4 == 0  # 4 blocks of 50
+    assert all(j.eps == c.eps_main for j in js[:48])  # strong + weak budgets at the main eps come first
+    assert [j.attack for j in js[-8:]] == ["autoattack"] * 8
+    strong = {(j.model, j.attack) for j in js if j.eps == c.eps_main and j.budget in (c.steps, c.queries_main)}
+    assert {("t0", "apgd-ce"), ("dynamics", "apgd-dlr"), ("dynamics", "square"), ("shuffled", "apgd-ce")} <= strong
+
+
+def test_attacked_models_are_the_evaluated_functions(tiny):
+    net, x, _ = tiny
+    with torch.no_grad():
+        ref = {f: net(x, timesteps=2, feedback=f)[-1] for f in ("prediction", "zero", "shuffled")}
+        m = {n: R.attacked_model(net, n, timesteps=2, last_k=1) for n in ("t0", "dynamics", "zero", "shuffled",
+                                                                          "rescale", "bpda-last-k")}
+        assert torch.allclose(m["t0"](x), net(x)[0], atol=1e-5)
+        assert torch.allclose(m["dynamics"](x), ref["prediction"], atol=1e-5)
+        assert torch.allclose(m["bpda-last-k"](x), ref["prediction"], atol=1e-5)
+        assert torch.allclose(m["zero"](x), ref["zero"], atol=1e-5)
+        assert torch.allclose(m["shuffled"](x), ref["shuffled"], atol=1e-5)
+        assert torch.allclose(m["shuffled"](x[:1]), ref["prediction"][:1], atol=1e-5)  # batch of one: own prediction
+        scale = [pcnet.dynamics.fixed_point_scale(beta=0.6, lam=0.3), 1.0]  # the top PCoder gets no feedback
+        assert torch.allclose(m["rescale"](x), pcnet.rescaled_forward(net, x, scale=scale), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown model"):
+        R.attacked_model(net, "zeros", timesteps=2)
+
+
+def test_chunks_are_hashed_and_checked(tmp_path):
+    job = R.Job("t0", "apgd-ce", 0.05, 3, 2, block=0)
+    path = tmp_path / "a.json"
+    assert R.load_chunk(path, job) is None
+    R.save_chunk(path, job, {"correct": [True, False]})
+    assert R.load_chunk(path, job) == {"correct": [True, False]}
+    with pytest.raises(RuntimeError, match="expected"):
+        R.load_chunk(path, dataclasses.replace(job, block=1))
+    doc = json.loads(path.read_text())
+    doc["result"]["correct"][1] = True  # a hand-edited outcome
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RuntimeError, match="sha256"):
+        R.load_chunk(path, job)
+
+
+def test_compute_resumes_and_assembles(tiny, tmp_path, monkeypatch):
+    net, x, y = tiny
+    monkeypatch.setattr(R, "images", lambda c: (torch.arange(6), x, y))
+    monkeypatch.setattr(R, "network", lambda c, device="cpu": net)
+    n_jobs = len(R.jobs(TINY, 6))
+    assert R.compute(TINY, cache=tmp_path, max_jobs=3, shard=(1, 2), progress=False) == n_jobs - 3
+    assert sorted(p.name for p in tmp_path.rglob("*.json")) == sorted(f"{j.key}.json" for j in R.jobs(TINY, 6)[1:6:2])
+    with pytest.raises(ValueError, match="shard"):
+        R.compute(TINY, cache=tmp_path, shard=(2, 2))
+    with pytest.raises(RuntimeError, match="not done"):
+        R.assemble(TINY, cache=tmp_path)
+    assert R.compute(TINY, cache=tmp_path, progress=False) == 0
+    monkeypatch.setattr(R, "run_job", lambda *a: pytest.fail("a finished job ran again"))
+    assert R.compute(TINY, cache=tmp_path, progress=False) == 0
+    result = R.assemble(TINY, cache=tmp_path)
+    assert result["labels"] == y.tolist() and set(result["clean"]) == {"t0", "dynamics", *TINY.controls}
+    run = result["runs"]["t0/apgd-ce/eps=0.2/3x2"]
+    assert len(run["correct"]) == len(run["transfer"]) == 6  # two blocks (4 + 2) joined in order
+    assert RR.robust(result, model="dynamics", eps=0.2).shape == (6,)
+
+
+def _result(outcomes: dict, *, t0_transfer=None):
+    """A study with hand-made outcomes {(model, attack, budget, restarts): list of bools} at eps 0.1."""
+    runs = {}
+    for (model, attack, budget, restarts), correct in outcomes.items():
+        runs[f"{model}/{attack}/{budget}x{restarts}"] = {"model": model, "attack": attack, "eps": 0.1,
+                                                          "budget": budget, "restarts": restarts, "correct": correct}
+        if model == "t0":
+            runs[f"{model}/{attack}/{budget}x{restarts}"]["transfer"] = t0_transfer
+    return {"config": {"eps_sweep": [0.1], "eps_main": 0.1, "timesteps": 6, "controls": ["zero"]}, "runs": runs}
+
+
+def test_worst_case_includes_transfer_and_convergence_flags():
+    T, F = True, False
+    r = _result({("t0", "apgd-ce", 50, 1): [T, T, F, F], ("t0", "apgd-ce", 100, 3): [T, F, F, F],
+                 ("dynamics", "apgd-ce", 100, 3): [T, T, T, F], ("dynamics", "square", 5000, 1): [T, T, T, T],
+                 ("zero", "apgd-ce", 100, 3): [F, T, F, F]}, t0_transfer=[T, T, F, T])
+    assert RR.robust(r, model="dynamics", eps=0.1).tolist() == [T, T, F, F]  # transfer from t0 fools image 3
+    assert RR.robust(r, model="t0", eps=0.1).tolist() == [T, F, F, F]
+    rows = RR.convergence(r, tolerance=20.0)
+    assert [(x["weak (%)"], x["strong (%)"], x["converged"]) for x in rows] == [(50.0, 25.0, False)]
+    assert RR.convergence(r, tolerance=25.0)[0]["converged"]
+    assert "NOT converged" in RR.convergence_lines(rows, tolerance=20.0)[0]
+    (v,) = RR.timestep_family(r)  # dynamics [T, T, F, F] vs t0 [T, F, F, F]: n10 = 1, n01 = 0
+    assert v.n == 4 and v.estimate == pytest.approx(25.0) and v.p == pytest.approx(1.0)
+    (c,) = RR.control_family(r)  # under the zero control's attack (APGD-CE 100x3): dynamics [T, T, T, F] vs [F, T, F, F]
+    assert c.estimate == pytest.approx(50.0) and c.p_holm == pytest.approx(0.5)
+
+
+def test_proportion_interval_matches_statsmodels():
+    proportion_confint = pytest.importorskip("statsmodels.stats.proportion").proportion_confint
+    correct = torch.tensor([1] * 37 + [0] * 163)
+    est, low, high = stats.proportion_interval(correct)
+    ref = proportion_confint(37, 200, alpha=0.05, method="wilson")
+    assert float(est) == pytest.approx(0.185) and (float(low), float(high)) == pytest.approx(ref, abs=1e-9)
+    with pytest.raises(ValueError, match="empty"):
+        stats.proportion_interval(torch.tensor([]))
+
+
+def test_summary_names_gains_losses_and_controls():
+    T, F = True, False
+    r = _result({("t0", "apgd-ce", 100, 3): [F] * 40, ("dynamics", "apgd-ce", 100, 3): [T] * 20 + [F] * 20,
+                 ("zero", "apgd-ce", 100, 3): [T] * 20 + [F] * 20}, t0_transfer=[T] * 40)
+    timestep, control = RR.timestep_family(r), RR.control_family(r)
+    assert timestep[0].effect == "gain" and control[0].effect == "none"
+    text = RR.summary(timestep, control)
+    assert "a gain at eps = 0.1" in text and "do not beat zero feedback" in text
+
+
+def test_study_loads_only_its_own_configuration(tmp_path):
+    from pcnet.experiments import weights
+    with pytest.raises(FileNotFoundError, match="robustness_study"):
+        R.study(TINY, path=tmp_path / "absent.json")
+    path = tmp_path / "study.json"
+    weights.save_json_result(path, {"config": dataclasses.asdict(TINY), "runs": {}}, command="test", seed=0)
+    assert R.study(TINY, path=path)["runs"] == {}
+    with pytest.raises(ValueError, match="RECOMPUTE"):
+        R.study(dataclasses.replace(TINY, steps=5), path=path)
