@@ -147,7 +147,7 @@ class _Response(io.BytesIO):
 def test_download_checks_the_published_md5(tmp_path, monkeypatch):
     import urllib.request
     body = _tar_bytes()
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url: _Response(body))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, **kw: _Response(body))
     with pytest.raises(RuntimeError, match=r"CIFAR-10-C.tar has MD5 .* Zenodo publishes 56bf5dcef84df0e2308c6dcbcbbd8499"):
         published.download_cifar10_c(tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing extracted, nothing left behind

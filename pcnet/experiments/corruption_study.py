@@ -46,6 +46,7 @@ from pcnet.dynamics import fixed_point_scale
 
 from . import corruptions, metrics, models, tta, weights
 from .data import DATA_DIR, fashion_mnist
+from .files import write_text_atomic
 
 PAPER = {"beta": 0.8, "lam": 0.1, "alpha": 0.01}
 FEEDBACK = {"dynamics": "prediction", "zero": "zero", "shuffled": "shuffled", "mean": "mean"}
@@ -183,7 +184,7 @@ def _read_chunk(path: pathlib.Path) -> dict | None:
 
 
 def _write_chunk(path: pathlib.Path, body: dict) -> None:
-    weights._write_text_atomic(path, json.dumps({"body": body, "sha256": _body_sha(body)}) + "\n")
+    write_text_atomic(path, json.dumps({"body": body, "sha256": _body_sha(body)}) + "\n")
 
 
 def _compute_chunk(name, cset, methods, order) -> dict:

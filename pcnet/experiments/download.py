@@ -45,11 +45,12 @@ def _record(path: pathlib.Path, *, url: str, sha256: str, published: bool) -> No
     write_text_atomic(path.parent / REGISTRY_NAME, json.dumps(registry, indent=2, sort_keys=True) + "\n")
 
 
-def _fetch(url: str, tmp: pathlib.Path, *, progress: bool, timeout: float) -> str:
-    """Stream ``url`` into ``tmp`` with a progress bar; returns the sha256 of the bytes written."""
+def fetch(url: str, tmp: pathlib.Path, *, progress: bool = True, timeout: float = 60.0,
+          algorithm: str = "sha256") -> str:
+    """Stream ``url`` into ``tmp`` with a progress bar; returns the hex digest (``algorithm``) of the bytes written."""
     from tqdm.auto import tqdm
 
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm)
     with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
         length = response.headers.get("Content-Length")
         total = int(length) if length else None  # unknown without a Content-Length
@@ -79,7 +80,7 @@ def download(url: str, path, *, sha256: str | None = None, progress: bool = True
         return path
     try:
         with atomic_path(path) as tmp:
-            actual = _fetch(url, tmp, progress=progress, timeout=timeout)
+            actual = fetch(url, tmp, progress=progress, timeout=timeout)
             if expected is not None and actual != expected:
                 raise RuntimeError(f"{url} downloaded with sha256 {actual}, expected {expected}: the download is "
                                    f"corrupt or the file changed upstream; nothing was kept. Retry, or check the URL")

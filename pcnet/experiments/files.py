@@ -24,13 +24,18 @@ import tempfile
 LOCK_TIMEOUT_S = 600  # a lock held longer than this is a stuck process: say so instead of waiting forever
 
 
-def sha256_file(path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
+def file_digest(path, *, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (``algorithm``: any name of :mod:`hashlib`, e.g. "sha256", "md5")."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return file_digest(path, algorithm="sha256")
 
 
 @contextlib.contextmanager

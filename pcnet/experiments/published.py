@@ -2,7 +2,6 @@
 progress bar, then load. Names are validated before they become paths."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import numpy as np
 import torch
 
 from .corruptions import COMMON, SEVERITIES, _check
+from .download import fetch
+from .files import file_digest
 
 CIFAR10_C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar"
 IMAGENET_C_URLS = {f: f"https://zenodo.org/records/2235448/files/{f}.tar"
@@ -42,22 +43,6 @@ def load_cifar10_c(root: str | os.PathLike, *, names=COMMON, severities=SEVERITI
     return {"images": out, "labels": labels, "severities": tuple(severities), "seconds": 0.0, "folder": str(root)}
 
 
-def _fetch(url: str, part: Path) -> str:
-    """Stream ``url`` to ``part`` with a progress bar; returns the MD5 of the bytes written."""
-    import urllib.request
-
-    from tqdm.auto import tqdm
-    md5 = hashlib.md5()
-    with urllib.request.urlopen(url) as response, open(part, "wb") as f, \
-            tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-                 desc=part.name) as bar:
-        for block in iter(lambda: response.read(1 << 20), b""):
-            f.write(block)
-            md5.update(block)
-            bar.update(len(block))
-    return md5.hexdigest()
-
-
 def _download(url: str, root: Path) -> None:
     """Download ``url`` into ``root``, check its published MD5 and extract the tar there. A failed or mismatching
     download leaves nothing behind; an archive already present is checked again before extracting."""
@@ -66,7 +51,7 @@ def _download(url: str, root: Path) -> None:
     tar = root / url.rsplit("/", 1)[-1]
     part = tar.with_name(tar.name + ".part")
     try:
-        md5 = _md5_file(tar) if tar.exists() else _fetch(url, part)
+        md5 = file_digest(tar, algorithm="md5") if tar.exists() else fetch(url, part, algorithm="md5")
     except OSError as err:
         part.unlink(missing_ok=True)  # nothing half-written is left behind
         raise RuntimeError(f"could not download {url} ({err}); this machine is offline? Copy the extracted "
@@ -80,13 +65,6 @@ def _download(url: str, root: Path) -> None:
     with tarfile.open(tar) as t:
         t.extractall(root, filter="data")
 
-
-def _md5_file(path: Path) -> str:
-    md5 = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            md5.update(block)
-    return md5.hexdigest()
 
 
 def download_cifar10_c(root: str | os.PathLike) -> Path:

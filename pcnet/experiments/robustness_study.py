@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import attacks, corruptions, data, models, weights
+from .files import write_text_atomic
 
 MODELS = ("t0", "dynamics", "zero", "shuffled", "mean", "rescale", "bpda-feedforward", "bpda-last-k",
           "bpda-detached-error")
@@ -251,7 +252,7 @@ def save_chunk(path: pathlib.Path, job: Job, result: dict, *, cpu_seconds: float
     body = {"job": dataclasses.asdict(job), "result": result}
     doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest(), "cpu_seconds": cpu_seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
-    weights._write_text_atomic(path, json.dumps(doc) + "\n")
+    write_text_atomic(path, json.dumps(doc) + "\n")
 
 
 def load_chunk(path: pathlib.Path, job: Job) -> dict | None:

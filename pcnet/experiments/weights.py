@@ -160,13 +160,19 @@ def save_weights(path, state_dict, *, command: str, seed: int | None, extra: dic
     return _save_recorded(path, lambda tmp: torch.save(tensors, tmp), prov, sidecar=True)["sha256"]
 
 
-def load_weights(path, *, map_location="cpu") -> dict:
-    """Load weights saved by ``save_weights`` after checking their sha256 against manifest and sidecar."""
+def _existing(path, producer: str) -> pathlib.Path:
+    """``path`` after finishing an interrupted save next to it; a clear error when it is missing."""
     path = pathlib.Path(path)
     _recover(manifest_path(path))
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist. Produce it with the command recorded in "
-                                f"the book chapter that trains it (it calls pcnet.experiments.weights.save_weights).")
+        raise FileNotFoundError(f"{path} does not exist. Produce it with {producer}.")
+    return path
+
+
+def load_weights(path, *, map_location="cpu") -> dict:
+    """Load weights saved by ``save_weights`` after checking their sha256 against manifest and sidecar."""
+    path = _existing(path, "the command recorded in the book chapter that trains it (it calls "
+                           "pcnet.experiments.weights.save_weights)")
     expected = _expected_sha(path)
     if not expected:
         raise RuntimeError(f"{path} has no recorded sha256 (no manifest entry, no sidecar). "
@@ -206,11 +212,7 @@ def save_json_result(path, obj, *, command: str, seed: int | None, extra: dict |
 
 def load_json_result(path):
     """The ``result`` of a file written by ``save_json_result``, after checking its sha256s."""
-    path = pathlib.Path(path)
-    _recover(manifest_path(path))
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist. Produce it with the chapter that writes it "
-                                f"(pcnet.experiments.weights.save_json_result).")
+    path = _existing(path, "the chapter or CLI that writes it (pcnet.experiments.weights.save_json_result)")
     doc = json.loads(path.read_text())
     if not isinstance(doc, dict) or "result" not in doc or "provenance" not in doc:
         raise ValueError(f"{path} was not written by pcnet.experiments.weights.save_json_result")
