@@ -6,6 +6,8 @@ Command line (writes the committed reference weights with provenance):
 
     python -m pcnet.experiments.train backbone --seed 0
     python -m pcnet.experiments.train feedback --seed 0
+    python -m pcnet.experiments.train backbone --seed 1                     # replicate: fmnist_vgg_seed1.pt
+    python -m pcnet.experiments.train feedback --backbone-seed 1 --seed 0   # its decoders
 """
 from __future__ import annotations
 
@@ -321,6 +323,8 @@ def main(argv=None) -> None:
     parser.add_argument("what", choices=["backbone", "feedback"])
     parser.add_argument("--name", default="fmnist_vgg", choices=["fmnist_vgg", "cifar10_vgg"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone-seed", type=int, default=None,
+                        help="feedback: train decoders on this backbone seed's weights (default 0)")
     for key, value in {**FEEDBACK_DEFAULTS, **BACKBONE_DEFAULTS}.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images (tests)")
@@ -329,18 +333,22 @@ def main(argv=None) -> None:
     options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     options.update({"limit": args.limit} if args.limit is not None else {})
     command = "python -m pcnet.experiments.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
+    if args.what == "backbone" and args.backbone_seed is not None:
+        parser.error("--backbone-seed is for `feedback`; a backbone's own seed is --seed")
+    backbone_seed = args.seed if args.what == "backbone" else (args.backbone_seed or 0)
+    stem = reference_weights_path(args.name, backbone_seed=backbone_seed).stem
+    checkpoint = DATA_DIR / "cache" / f"{stem}_{args.what}_seed{args.seed}.ckpt"
     load_before, fingerprints = _machine_load(), {}
     if args.what == "backbone":
         model, history = reference_backbone_run(name=args.name, seed=args.seed, checkpoint=checkpoint, **options)
-        out, state = reference_weights_path(args.name), model.state_dict()
+        out, state = reference_weights_path(args.name, backbone_seed=backbone_seed), model.state_dict()
     else:
-        backbone = load_reference_backbone(name=args.name)
+        backbone = load_reference_backbone(name=args.name, backbone_seed=backbone_seed)
         fingerprints["backbone_before"] = state_fingerprint(backbone)
         net, history = reference_feedback_run(backbone, name=args.name, seed=args.seed, checkpoint=checkpoint,
                                               **options)
         fingerprints["backbone_after"] = state_fingerprint(net.backbone)
-        out, state = feedback_weights_path(args.name, seed=args.seed), net.decoders.state_dict()
+        out, state = feedback_weights_path(args.name, seed=args.seed, backbone_seed=backbone_seed), net.decoders.state_dict()
     extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
              **fingerprints,
              **{k: history[k] for k in ("train_seconds", "test_acc") if k in history}}
