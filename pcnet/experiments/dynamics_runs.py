@@ -30,7 +30,7 @@ TUNED_NAME = "ch4_tuned_hparams.json"
 class Config:
     """Every parameter of the run (the chapter's parameters cell mirrors them)."""
     n_test: int = 10_000
-    n_val: int = 1000
+    n_val: int = 500
     n_sweep: int = 2000
     n_states: int = 500
     timesteps: int = 10
