@@ -25,7 +25,8 @@ def test_conditions_corruptions_and_labels():
                                                                 ("salt_pepper", 0.05)]
     assert S.corruption("clean", 0.0) is None and S.corruption("gaussian", 0.0) is None
     x = torch.rand(3, 1, 4, 4)
-    assert torch.equal(S.corruption("gaussian", 0.2)(x, generator=5), evaluate.gaussian_noise(x, sigma=0.2, generator=5))
+    expected = evaluate.gaussian_noise(x, sigma=0.2, generator=5)
+    assert torch.equal(S.corruption("gaussian", 0.2)(x, generator=5), expected)
     assert S.label(("salt_pepper", 0.05)) == "salt & pepper 0.05"
     with pytest.raises(ValueError, match="unknown corruption kind"):
         S.corruption("blur", 1.0)
@@ -125,3 +126,44 @@ def test_plan_orders_the_main_contrasts_first_and_adds_tuned_chunks_once_known()
     assert not any(k.startswith("run/tuned") for k in keys)
     tuned = [k for k, _ in R.plan(R.SMOKE, {"beta": 0.8, "lam": 0.0, "alpha": 1.0})]
     assert "run/tuned/0/gaussian-0.1/shuffled" in tuned and tuned[-1] == "states"
+
+
+def test_backbone_seed_file_names_keep_seed_zero_names(data_dir):
+    from pcnet.experiments import models
+
+    assert models.reference_weights_path("fmnist_vgg").name == "fmnist_vgg.pt"
+    assert models.reference_weights_path("fmnist_vgg", backbone_seed=1).name == "fmnist_vgg_seed1.pt"
+    assert models.feedback_weights_path("fmnist_vgg", seed=0).name == "fmnist_vgg_feedback_seed0.pt"
+    assert models.feedback_weights_path("fmnist_vgg", seed=2, backbone_seed=1).name == \
+        "fmnist_vgg_seed1_feedback_seed2.pt"
+    with pytest.raises(ValueError, match="backbone_seed must be an int >= 0"):
+        models.reference_weights_path("fmnist_vgg", backbone_seed=-1)
+    with pytest.raises(FileNotFoundError, match="--seed 3"):
+        models.load_reference_backbone(backbone_seed=3)
+
+
+def fake_result(per_seed):
+    """A result with only the replicate chunks: per_seed[s] = (t0, T, zero_T) bool lists over the same n images."""
+    from pcnet.experiments import dynamics_report as rep
+
+    n = len(per_seed[0][0])
+    chunks = {}
+    for s, (t0, tT, zero) in enumerate(per_seed):
+        key = f"run/paper/{s}/{rep.cond_key(('gaussian', 0.1))}"
+        chunks[key + "/prediction"] = {"t0": S.pack(torch.tensor(t0)), "T": S.pack(torch.tensor(tT))}
+        chunks[key + "/zero"] = {"t0": S.pack(torch.tensor(t0)), "T": S.pack(torch.tensor(zero))}
+    return {"config": {"n_test": n, "main_sigma": 0.1, "backbone_seeds": list(range(len(per_seed)))},
+            "chunks": chunks}
+
+
+def test_replicate_table_gives_each_backbone_and_the_spread():
+    from pcnet.experiments import dynamics_report as rep
+
+    n = 10
+    seed0 = ([False] * n, [True] * 2 + [False] * 8, [False] * n)  # +20 points over t=0 and over zero
+    seed1 = ([False] * n, [True] * 4 + [False] * 6, [True] + [False] * 9)  # +40 over t=0, +30 over zero
+    table = rep.replicate_table(fake_result([seed0, seed1]))
+    gains = table[(table.contrast == "dynamics t=T − t=0") & table["backbone seed"].isin([0, 1])]
+    assert [row.startswith(v) for row, v in zip(gains["estimate [interval]"], ("+20.00", "+40.00"))] == [True, True]
+    spread = table[(table["backbone seed"] == "spread (max − min)")]["estimate [interval]"].tolist()
+    assert spread == ["20.00", "10.00"]

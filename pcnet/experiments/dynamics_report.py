@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from . import dynamics_study as study
 from . import plotting, stats
@@ -76,7 +77,8 @@ def error_term_family(result: dict) -> list:
         paper = outcomes(result, "paper", cond, "prediction")["T"]
         for values, what in (("alpha0", "α=0 ablation"), ("errmean", 'error_scale="mean"')):
             other = outcomes(result, values, cond, "prediction")["T"]
-            out.append(paired_proportions(paper, other, contrast=f"{study.label(cond)}: paper (α, projective) − {what}"))
+            out.append(paired_proportions(paper, other,
+                                          contrast=f"{study.label(cond)}: paper (α, projective) − {what}"))
     return holm_family(out)
 
 
@@ -150,11 +152,16 @@ def plot_accuracy(result: dict, values: str, axes) -> None:
     rescale as a dashed line."""
     names = {"prediction": "dynamics", "zero": "zero-prediction", "shuffled": "shuffled prediction",
              "mean": "mean prediction"}
+    colors = {"prediction": plotting.color("pcnet"), "zero": plotting.color("zero"), "shuffled": plotting.PALETTE[3],
+              "mean": plotting.PALETTE[2]}
+    axes = list(axes)
+    for ax in axes[len(conditions(result)):]:
+        ax.axis("off")
     for ax, cond in zip(axes, conditions(result)):
-        for i, mode in enumerate(study.MODES):
+        for mode in study.MODES:
             curve = accuracy_curve(result, values, cond, mode)
-            ax.plot(np.arange(len(curve)), curve, label=names[mode],
-                    color=plotting.color("pcnet") if mode == "prediction" else plotting.PALETTE[3 + i])
+            ax.plot(np.arange(len(curve)), curve, label=names[mode], color=colors[mode])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axhline(float(accuracy_curve(result, values, cond, "rescale")), color=plotting.color("rescaled"), ls="--",
                    label="fixed-point rescale")
         ax.set_title(study.label(cond), fontsize=10)

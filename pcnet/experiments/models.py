@@ -167,7 +167,8 @@ def load_reference_prednet(*, seed: int = 0, name: str = "fmnist_vgg", backbone_
                         **predify_kwargs)
     fix = (f"run `python -m pcnet.experiments.train feedback --name {name} --backbone-seed {backbone_seed} "
            f"--seed {seed}` (or book/03_feedback.ipynb with TRAIN=True)")
-    net.decoders.load_state_dict(_load(feedback_weights_path(name, seed=seed, backbone_seed=backbone_seed), fix))
+    path = feedback_weights_path(name, seed=seed, backbone_seed=backbone_seed)
+    net.decoders.load_state_dict(_load(path, fix))
     return net.eval()
 
 

@@ -348,7 +348,8 @@ def main(argv=None) -> None:
         net, history = reference_feedback_run(backbone, name=args.name, seed=args.seed, checkpoint=checkpoint,
                                               **options)
         fingerprints["backbone_after"] = state_fingerprint(net.backbone)
-        out, state = feedback_weights_path(args.name, seed=args.seed, backbone_seed=backbone_seed), net.decoders.state_dict()
+        out = feedback_weights_path(args.name, seed=args.seed, backbone_seed=backbone_seed)
+        state = net.decoders.state_dict()
     extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
              **fingerprints,
              **{k: history[k] for k in ("train_seconds", "test_acc") if k in history}}
