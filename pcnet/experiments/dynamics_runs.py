@@ -82,9 +82,15 @@ def _noisy(split: str, n: int, cond: tuple, seed: int):
 
 
 def _net(values: dict, *, backbone_seed: int = 0, error_scale: str = "projective"):
+    """The reference network at ``values``; loaded (and hash-checked) once per process, then reused."""
+    return _loaded(tuple(sorted(values.items())), backbone_seed, error_scale)
+
+
+@lru_cache(maxsize=8)
+def _loaded(values: tuple, backbone_seed: int, error_scale: str):
     from .models import load_reference_prednet
 
-    return load_reference_prednet(seed=0, backbone_seed=backbone_seed, error_scale=error_scale, **values)
+    return load_reference_prednet(seed=0, backbone_seed=backbone_seed, error_scale=error_scale, **dict(values))
 
 
 def _test(cfg: Config, cond, replicate: int = 0, n: int | None = None):
@@ -151,18 +157,6 @@ def _baselines(cfg: Config, net, factors, sets: dict, name: str) -> dict:
                                                 batch_size=cfg.batch_size, progress=False)
         out[key] = float(correct.float().mean())
     return out
-
-
-def _test_baselines(cfg: Config, factors, cond) -> dict:
-    """Tuned rescale, BN adaptation and TENT on the full test set under ``cond``: packed correctness."""
-    import pcnet
-
-    net, images = _net(dict(cfg.paper)), _test(cfg, cond)
-    out = {"tuned rescale": study.evaluate.correct_of(lambda x: pcnet.rescaled_forward(net, x, scale=factors), images,
-                                                      batch_size=cfg.batch_size, progress=False)}
-    for name, method in (("BN adaptation", "bn"), ("TENT", "tent")):
-        out[name] = study.adapted_correct(net.backbone, images, method=method, batch_size=cfg.adapt_batch)
-    return {k: {"T": study.pack(v), "accuracy": float(v.float().mean())} for k, v in out.items()}
 
 
 def _alpha_range(cfg: Config, cond) -> dict:
