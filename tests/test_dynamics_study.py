@@ -167,3 +167,22 @@ def test_replicate_table_gives_each_backbone_and_the_spread():
     assert [row.startswith(v) for row, v in zip(gains["estimate [interval]"], ("+20.00", "+40.00"))] == [True, True]
     spread = table[(table["backbone seed"] == "spread (max − min)")]["estimate [interval]"].tolist()
     assert spread == ["20.00", "10.00"]
+
+
+def test_compute_with_only_runs_just_the_selected_chunks(tmp_path, monkeypatch):
+    done = []
+
+    def thunk(key):
+        done.append(key)
+        return {"best": {"beta": 1.0}} if key == "grid" else {"key": key}
+
+    def fake_plan(cfg, tuned):
+        keys = ["grid", "run/paper/0/a", "run/paper/1/a"] if tuned is None else ["run/tuned/0/a"]
+        return [(k, lambda k=k: thunk(k)) for k in keys]
+
+    monkeypatch.setattr(R, "plan", fake_plan)
+    assert R.compute(R.SMOKE, cache=tmp_path, only="run/paper/1", progress=False) is None
+    assert done == ["run/paper/1/a"]  # no grid cached yet -> the tuned chunks are not reached either
+    result = R.compute(R.SMOKE, cache=tmp_path, progress=False)
+    assert sorted(result["chunks"]) == ["grid", "run/paper/0/a", "run/paper/1/a", "run/tuned/0/a"]
+    assert done == ["run/paper/1/a", "grid", "run/paper/0/a", "run/tuned/0/a"]  # the first chunk was resumed

@@ -234,15 +234,24 @@ def _body_sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _chunk(cache: pathlib.Path, key: str, thunk) -> dict:
-    """The chunk's stored record if its hash checks out, else compute, time and write it atomically."""
-    from .weights import _write_text_atomic, git_revision
-
+def _cached(cache: pathlib.Path, key: str) -> dict | None:
+    """The chunk's stored record if it exists and its hash checks out, else None."""
     path = cache / (key.replace("/", "__") + ".json")
     if path.exists():
         record = json.loads(path.read_text())
         if _body_sha(record["result"]) == record.get("sha256"):
             return record
+    return None
+
+
+def _chunk(cache: pathlib.Path, key: str, thunk) -> dict:
+    """The chunk's stored record if its hash checks out, else compute, time and write it atomically."""
+    from .weights import _write_text_atomic, git_revision
+
+    record = _cached(cache, key)
+    if record is not None:
+        return record
+    path = cache / (key.replace("/", "__") + ".json")
     wall, cpu = time.perf_counter(), time.process_time()
     result = thunk()
     record = {"key": key, "result": result, "sha256": _body_sha(result), "git": git_revision(),
@@ -251,19 +260,28 @@ def _chunk(cache: pathlib.Path, key: str, thunk) -> dict:
     return record
 
 
-def compute(cfg: Config, *, cache: pathlib.Path, progress: bool = True) -> dict:
-    """Run (or resume) every chunk of ``cfg``'s plan; return the assembled result (JSON-serialisable)."""
+def compute(cfg: Config, *, cache: pathlib.Path, only: str | None = None, progress: bool = True) -> dict | None:
+    """Run (or resume) every chunk of ``cfg``'s plan; return the assembled result (JSON-serialisable).
+
+    ``only``: compute just the chunks whose key starts with it (e.g. "run/paper/1", to run parts of the plan
+    in parallel processes sharing ``cache``) and return None.
+    """
     cache = pathlib.Path(cache) / cfg.digest()
     records: dict[str, dict] = {}
     bar = tqdm(desc="chapter 4 chunks", disable=not progress)
     for stage in (None, "tuned"):
-        tuned = None if stage is None else records["grid"]["result"]["best"]
+        grid = records.get("grid") or _cached(cache, "grid")
+        if stage == "tuned" and grid is None:
+            break  # with --only and no grid yet: the tuned values are unknown
+        tuned = None if stage is None else grid["result"]["best"]
         for key, thunk in plan(cfg, tuned):
-            if key not in records:
+            if key not in records and (only is None or key.startswith(only)):
                 bar.set_postfix_str(key)
                 records[key] = _chunk(cache, key, thunk)
                 bar.update()
     bar.close()
+    if only is not None:
+        return None
     return {"config": dataclasses.asdict(cfg), "tuned": records["grid"]["result"]["best"],
             "chunks": {k: r["result"] for k, r in records.items()},
             "timing": {k: {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "git": r["git"]} for k, r in records.items()}}
@@ -293,10 +311,17 @@ def main(argv=None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny parameters (tests); results go to --out")
     parser.add_argument("--out", type=pathlib.Path, default=DATA_DIR / "results")
     parser.add_argument("--cache", type=pathlib.Path, default=DATA_DIR / "cache" / "ch4_dynamics")
+    parser.add_argument("--only", default=None, help="compute only chunks whose key starts with this (parallel "
+                        "parts sharing --cache; a final run without --only assembles and saves)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is the most CPU-efficient)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     cfg = SMOKE if args.smoke else Config()
     command = "python -m pcnet.experiments.dynamics_runs " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = compute(cfg, cache=args.cache)
+    result = compute(cfg, cache=args.cache, only=args.only)
+    if result is None:
+        print(f"computed the chunks starting with {args.only!r}")
+        return
     extra = {"timing": result["timing"], "threads": torch.get_num_threads()}
     sha = save_json_result(args.out / RESULT_NAME, result, command=command.strip(), seed=cfg.noise_seed, extra=extra)
     save_json_result(args.out / TUNED_NAME, tuned_record(result), command=command.strip(), seed=cfg.noise_seed,
