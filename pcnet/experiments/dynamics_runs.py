@@ -244,9 +244,10 @@ def _cached(cache: pathlib.Path, key: str) -> dict | None:
     return None
 
 
-def _chunk(cache: pathlib.Path, key: str, thunk) -> dict:
-    """The chunk's stored record if its hash checks out, else compute, time and write it atomically."""
-    from .weights import _write_text_atomic, git_revision
+def _chunk(cache: pathlib.Path, key: str, thunk, *, revision: str = "") -> dict:
+    """The chunk's stored record if its hash checks out, else compute, time and write it atomically
+    (``revision``: the git revision of the code this process imported, taken when it started)."""
+    from .weights import _write_text_atomic
 
     record = _cached(cache, key)
     if record is not None:
@@ -254,7 +255,7 @@ def _chunk(cache: pathlib.Path, key: str, thunk) -> dict:
     path = cache / (key.replace("/", "__") + ".json")
     wall, cpu = time.perf_counter(), time.process_time()
     result = thunk()
-    record = {"key": key, "result": result, "sha256": _body_sha(result), "git": git_revision(),
+    record = {"key": key, "result": result, "sha256": _body_sha(result), "git": revision,
               "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
     _write_text_atomic(path, json.dumps(record) + "\n")
     return record
@@ -266,7 +267,9 @@ def compute(cfg: Config, *, cache: pathlib.Path, only: str | None = None, progre
     ``only``: compute just the chunks whose key starts with it (e.g. "run/paper/1", to run parts of the plan
     in parallel processes sharing ``cache``) and return None.
     """
-    cache = pathlib.Path(cache) / cfg.digest()
+    from .weights import git_revision
+
+    cache, revision = pathlib.Path(cache) / cfg.digest(), git_revision()
     records: dict[str, dict] = {}
     bar = tqdm(desc="chapter 4 chunks", disable=not progress)
     for stage in (None, "tuned"):
@@ -277,7 +280,7 @@ def compute(cfg: Config, *, cache: pathlib.Path, only: str | None = None, progre
         for key, thunk in plan(cfg, tuned):
             if key not in records and (only is None or key.startswith(only)):
                 bar.set_postfix_str(key)
-                records[key] = _chunk(cache, key, thunk)
+                records[key] = _chunk(cache, key, thunk, revision=revision)
                 bar.update()
     bar.close()
     if only is not None:
