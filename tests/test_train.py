@@ -190,20 +190,24 @@ def test_seeded_prednet_is_reproducible(prednet):
 
 @needs_fashion
 def test_cli_writes_weights_with_provenance(tmp_path, monkeypatch):
+    """A backbone seed other than 0 gets its own files (fmnist_vgg_seed3.pt) and its own decoders."""
     monkeypatch.setattr(data, "DATA_DIR", tmp_path)
     train.main(["backbone", "--epochs", "1", "--limit", "256", "--val-size", "100", "--seed", "3"])
-    prov = pcnet.experiments.weights.load_provenance(models.reference_weights_path())
+    assert not models.reference_weights_path().exists()  # seed 0's file name is left alone
+    prov = pcnet.experiments.weights.load_provenance(models.reference_weights_path(backbone_seed=3))
     assert prov["command"] == "python -m pcnet.experiments.train backbone --epochs 1 --limit 256 --val-size 100 --seed 3"
     assert prov["seed"] == 3 and prov["extra"]["options"]["limit"] == 256 and 0 <= prov["extra"]["test_acc"] <= 1
-    history = pcnet.experiments.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_history.json")
+    history = pcnet.experiments.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_seed3_history.json")
     assert len(history["step_loss"]) == 2 and history["test_acc"] == prov["extra"]["test_acc"]
     assert not list((tmp_path / "cache").glob("*"))  # checkpoint removed after the final save
-    train.main(["feedback", "--epochs", "1", "--limit", "64", "--seed", "1"])
-    prov = pcnet.experiments.weights.load_provenance(models.feedback_weights_path(seed=1))
+    train.main(["feedback", "--epochs", "1", "--limit", "64", "--backbone-seed", "3", "--seed", "1"])
+    prov = pcnet.experiments.weights.load_provenance(models.feedback_weights_path(seed=1, backbone_seed=3))
     assert prov["extra"]["backbone_before"] == prov["extra"]["backbone_after"]
     assert prov["extra"]["fit"]["layers"] == models.FMNIST_VGG_LAYERS and prov["extra"]["options"]["val_size"] == 5000
-    assert prov["extra"]["backbone_before"] == train.state_fingerprint(models.load_reference_backbone())
-    net = models.load_reference_prednet(seed=1)
-    assert len(pcnet.experiments.weights.load_json_result(tmp_path / "results" / "fmnist_vgg_feedback_seed1_history.json")
-               ["step_loss"]) == 1
+    assert prov["extra"]["backbone_before"] == train.state_fingerprint(models.load_reference_backbone(backbone_seed=3))
+    net = models.load_reference_prednet(seed=1, backbone_seed=3)
+    assert len(pcnet.experiments.weights.load_json_result(
+        tmp_path / "results" / "fmnist_vgg_seed3_feedback_seed1_history.json")["step_loss"]) == 1
+    with pytest.raises(SystemExit):
+        train.main(["backbone", "--backbone-seed", "1"])  # a backbone's own seed is --seed
     assert net.layers == models.FMNIST_VGG_LAYERS

@@ -122,20 +122,26 @@ def _weights_dir() -> Path:
     return Path(DATA_DIR) / "weights"
 
 
-def reference_weights_path(name: str = "fmnist_vgg") -> Path:
-    """Path of a committed backbone state dict, e.g. data/weights/fmnist_vgg.pt."""
+def _backbone_stem(name: str, backbone_seed: int) -> str:
+    """File stem of a backbone: `name` for seed 0 (the chapter-2 backbone), `name_seedS` otherwise."""
     from pcnet.experiments.files import safe_name
 
-    return _weights_dir() / f"{safe_name(name, what='name')}.pt"
+    if isinstance(backbone_seed, bool) or not isinstance(backbone_seed, int) or backbone_seed < 0:
+        raise ValueError(f"backbone_seed must be an integer >= 0 (it names the weights file), got {backbone_seed!r}")
+    name = safe_name(name, what="name")
+    return name if backbone_seed == 0 else f"{name}_seed{backbone_seed}"
 
 
-def feedback_weights_path(name: str = "fmnist_vgg", *, seed: int = 0) -> Path:
-    """Path of committed feedback-decoder weights, e.g. data/weights/fmnist_vgg_feedback_seed0.pt."""
-    from pcnet.experiments.files import safe_name
+def reference_weights_path(name: str = "fmnist_vgg", *, backbone_seed: int = 0) -> Path:
+    """Path of a committed backbone state dict: data/weights/fmnist_vgg.pt (seed 0), fmnist_vgg_seed1.pt, ..."""
+    return _weights_dir() / f"{_backbone_stem(name, backbone_seed)}.pt"
 
+
+def feedback_weights_path(name: str = "fmnist_vgg", *, seed: int = 0, backbone_seed: int = 0) -> Path:
+    """Path of committed decoder weights: fmnist_vgg_feedback_seed0.pt, fmnist_vgg_seed1_feedback_seed0.pt, ..."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0 (it names the weights file), got {seed!r}")
-    return _weights_dir() / f"{safe_name(name, what='name')}_feedback_seed{seed}.pt"
+    return _weights_dir() / f"{_backbone_stem(name, backbone_seed)}_feedback_seed{seed}.pt"
 
 
 def _load(path: Path, fix: str) -> dict:
@@ -149,28 +155,28 @@ def _load(path: Path, fix: str) -> dict:
         raise RuntimeError(f"could not load reference weights {path} ({exc}); to recreate them {fix}") from exc
 
 
-def load_reference_backbone(*, name: str = "fmnist_vgg") -> nn.Module:
-    """The chapter-2 backbone with its committed weights, in eval mode (sha256-checked on load)."""
+def load_reference_backbone(*, name: str = "fmnist_vgg", backbone_seed: int = 0) -> nn.Module:
+    """The chapter-2 backbone (or the replicate of `backbone_seed`) in eval mode (sha256-checked on load)."""
     model = build_backbone(name)
-    fix = (f"run `python -m pcnet.experiments.train backbone --name {name} --seed 0` "
+    fix = (f"run `python -m pcnet.experiments.train backbone --name {name} --seed {backbone_seed}` "
            "(or book/02_backbone.ipynb with TRAIN=True)")
-    model.load_state_dict(_load(reference_weights_path(name), fix))
+    model.load_state_dict(_load(reference_weights_path(name, backbone_seed=backbone_seed), fix))
     return model.eval()
 
 
-def load_reference_prednet(*, seed: int = 0, name: str = "fmnist_vgg", **predify_kwargs):
-    """Reference backbone predified at `FMNIST_VGG_LAYERS` with the committed decoders of `seed`.
+def load_reference_prednet(*, seed: int = 0, name: str = "fmnist_vgg", backbone_seed: int = 0, **predify_kwargs):
+    """Reference backbone (of `backbone_seed`) predified at `FMNIST_VGG_LAYERS` with the decoders of `seed`.
 
     Extra keyword arguments (beta, lam, alpha, error_scale, learnable, ...) go to `pcnet.predify`.
     """
     import pcnet
 
-    backbone = load_reference_backbone(name=name)
+    backbone = load_reference_backbone(name=name, backbone_seed=backbone_seed)
     net = pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1],
                         **predify_kwargs)
-    fix = (f"run `python -m pcnet.experiments.train feedback --name {name} --seed {seed}` "
-           "(or book/03_feedback.ipynb with TRAIN=True)")
-    path = feedback_weights_path(name, seed=seed)
+    fix = (f"run `python -m pcnet.experiments.train feedback --name {name} --backbone-seed {backbone_seed} "
+           f"--seed {seed}` (or book/03_feedback.ipynb with TRAIN=True)")
+    path = feedback_weights_path(name, seed=seed, backbone_seed=backbone_seed)
     _load(path, fix)  # a clear error naming the fix when missing or corrupt
     from pcnet.experiments.weights import load_decoders
 

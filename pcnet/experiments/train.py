@@ -6,6 +6,8 @@ Command line (writes the committed reference weights with provenance):
 
     python -m pcnet.experiments.train backbone --seed 0
     python -m pcnet.experiments.train feedback --seed 0
+    python -m pcnet.experiments.train backbone --seed 1                     # replicate: fmnist_vgg_seed1.pt
+    python -m pcnet.experiments.train feedback --backbone-seed 1 --seed 0   # its decoders
 
 With ``--data PATH`` (an ImageFolder) the feedback command trains a preset at scale, on several GPUs with torchrun:
 ``torchrun --nproc_per_node=N -m pcnet.experiments.train feedback --preset pvgg16 --data PATH``
@@ -353,20 +355,23 @@ def _machine_load() -> dict:
     return {"loadavg_1_5_15": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
 
 
-def _train(what: str, *, name: str, seed: int, checkpoint, options: dict):
-    """Run the reference training `what`; returns (weights path, save function, history, fingerprints)."""
+def _train(what: str, *, name: str, seed: int, checkpoint, options: dict, backbone_seed: int = 0):
+    """Run the reference training `what`; returns (weights path, save function, history, fingerprints).
+
+    A backbone of seed S is saved as `name_seedS` (seed 0: `name`); feedback trains on backbone `backbone_seed`."""
     from pcnet.experiments.models import feedback_weights_path, load_reference_backbone, reference_weights_path
     from pcnet.experiments.weights import save_decoders, save_weights
 
     if what == "backbone":
         model, history = reference_backbone_run(name=name, seed=seed, checkpoint=checkpoint, **options)
-        return reference_weights_path(name), functools.partial(save_weights, state_dict=model.state_dict()), history, {}
-    backbone = load_reference_backbone(name=name)
+        return (reference_weights_path(name, backbone_seed=backbone_seed),
+                functools.partial(save_weights, state_dict=model.state_dict()), history, {})
+    backbone = load_reference_backbone(name=name, backbone_seed=backbone_seed)
     fingerprints = {"backbone_before": state_fingerprint(backbone)}
     net, history = reference_feedback_run(backbone, name=name, seed=seed, checkpoint=checkpoint, **options)
     fingerprints["backbone_after"] = state_fingerprint(net.backbone)
-    return (feedback_weights_path(name, seed=seed), functools.partial(save_decoders, net=net, preset=name), history,
-            fingerprints)
+    return (feedback_weights_path(name, seed=seed, backbone_seed=backbone_seed),
+            functools.partial(save_decoders, net=net, preset=name), history, fingerprints)
 
 
 def main(argv=None) -> None:
@@ -387,6 +392,8 @@ def main(argv=None) -> None:
     parser.add_argument("what", choices=["backbone", "feedback"])
     parser.add_argument("--name", default="fmnist_vgg", choices=["fmnist_vgg", "cifar10_vgg"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone-seed", type=int, default=None,
+                        help="feedback: train decoders on this backbone seed's weights (default 0)")
     for key, value in {**FEEDBACK_DEFAULTS, **BACKBONE_DEFAULTS}.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images (tests)")
@@ -395,11 +402,17 @@ def main(argv=None) -> None:
     options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     options.update({"limit": args.limit} if args.limit is not None else {})
     command = "python -m pcnet.experiments.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    checkpoint = DATA_DIR / "cache" / f"{args.name}_{args.what}_seed{args.seed}.ckpt"
+    if args.what == "backbone" and args.backbone_seed is not None:
+        parser.error("--backbone-seed is for `feedback`; a backbone's own seed is --seed")
+    backbone_seed = args.seed if args.what == "backbone" else (args.backbone_seed or 0)
+    from pcnet.experiments.models import reference_weights_path
+
+    stem = reference_weights_path(args.name, backbone_seed=backbone_seed).stem
+    checkpoint = DATA_DIR / "cache" / f"{stem}_{args.what}_seed{args.seed}.ckpt"
     load_before = _machine_load()
     try:
         out, save, history, fingerprints = _train(args.what, name=args.name, seed=args.seed, checkpoint=checkpoint,
-                                                  options=options)
+                                                  options=options, backbone_seed=backbone_seed)
     except (FloatingPointError, ValueError) as err:
         raise SystemExit(f"{parser.prog} {args.what}: {err}\nNothing was saved.") from err
     extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
