@@ -247,7 +247,7 @@ def _cached(cache: pathlib.Path, key: str) -> dict | None:
 def _chunk(cache: pathlib.Path, key: str, thunk, *, revision: str = "") -> dict:
     """The chunk's stored record if its hash checks out, else compute, time and write it atomically
     (``revision``: the git revision of the code this process imported, taken when it started)."""
-    from .weights import _write_text_atomic
+    from .files import write_text_atomic
 
     record = _cached(cache, key)
     if record is not None:
@@ -257,7 +257,7 @@ def _chunk(cache: pathlib.Path, key: str, thunk, *, revision: str = "") -> dict:
     result = thunk()
     record = {"key": key, "result": result, "sha256": _body_sha(result), "git": revision,
               "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
-    _write_text_atomic(path, json.dumps(record) + "\n")
+    write_text_atomic(path, json.dumps(record) + "\n")
     return record
 
 
