@@ -6,7 +6,6 @@ ReLU, Identity) gets the direct adjoint; any other decoder falls back to autogra
 """
 from __future__ import annotations
 
-import copy
 import functools
 
 import torch

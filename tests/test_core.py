@@ -1,11 +1,9 @@
 """PredNet: equivalence with the backbone, batch independence, gradients, persistence, grad modes."""
 import copy
-import io
 
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 import pcnet

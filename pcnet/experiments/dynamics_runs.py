@@ -201,14 +201,16 @@ def _states(cfg: Config, cond) -> dict:
 
 
 # --------------------------------------------------------------------------- the plan and its chunks
+def _main_runs(cfg: Config, label: str, values: dict) -> list[tuple[str, object]]:
+    """The main contrasts at one value set: every condition x (the dynamics and each control), backbone seed 0."""
+    return [(f"run/{label}/0/{c[0]}-{c[1]:g}/{m}", lambda c=c, m=m: _run(cfg, values, c, m))
+            for c in cfg.conditions for m in study.MODES + ("rescale",)]
+
+
 def plan(cfg: Config, tuned: dict | None) -> list[tuple[str, object]]:
     """(key, thunk) for every chunk in order of importance; chunks that need the tuned values only once known."""
     paper, main = dict(cfg.paper), cfg.main
-    chunks = [("grid", lambda: _grid(cfg))]
-    for cond in cfg.conditions:
-        for control in study.MODES + ("rescale",):
-            chunks.append((f"run/paper/0/{cond[0]}-{cond[1]:g}/{control}",
-                           lambda c=cond, m=control: _run(cfg, paper, c, m)))
+    chunks = [("grid", lambda: _grid(cfg))] + _main_runs(cfg, "paper", paper)
     for seed in cfg.backbone_seeds[1:]:
         for control in ("prediction", "zero"):
             chunks.append((f"run/paper/{seed}/{main[0]}-{main[1]:g}/{control}",
@@ -220,10 +222,7 @@ def plan(cfg: Config, tuned: dict | None) -> list[tuple[str, object]]:
                        lambda c=cond: _run(cfg, paper, c, "prediction", error_scale="mean")))
     if tuned is None:
         return chunks
-    for cond in cfg.conditions:
-        for control in study.MODES + ("rescale",):
-            chunks.append((f"run/tuned/0/{cond[0]}-{cond[1]:g}/{control}",
-                           lambda c=cond, m=control: _run(cfg, tuned, c, m)))
+    chunks += _main_runs(cfg, "tuned", tuned)
     chunks.append(("tradeoff", lambda: _tradeoff(cfg, tuned)))
     chunks.append(("alpha_range", lambda: _alpha_range(cfg, main)))
     chunks.append(("states", lambda: _states(cfg, main)))

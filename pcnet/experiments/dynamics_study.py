@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from . import evaluate, tta
+from . import devices, evaluate, tta
 from .verdicts import Verdict, holm_family, paired_proportions
 
 CONTROLS = ("zero", "shuffled", "mean", "rescale")
@@ -89,7 +89,7 @@ def correct_under(net, images: TensorDataset, *, control: str, timesteps: int, b
     if control == "rescale":
         scale = fixed_point_scales(net)
         return evaluate.correct_of(lambda x: pcnet.rescaled_forward(net, x, scale=scale), images,
-                                   batch_size=batch_size, device=evaluate._device_of(net), progress=False)
+                                   batch_size=batch_size, device=devices.of(net)[0], progress=False)
     if control not in MODES:
         raise ValueError(f"control must be one of {MODES + ('rescale',)}, got {control!r}")
     return evaluate.evaluate_dynamics(net, images, timesteps=timesteps, feedback=control, batch_size=batch_size,
@@ -213,7 +213,7 @@ def state_distances(net, clean: torch.Tensor, noisy: torch.Tensor, *, timesteps:
     """Per-image correlation distance between the noisy and the clean state at each timestep: (T+1, N, B)."""
     if clean.shape != noisy.shape:
         raise ValueError(f"clean and noisy batches differ in shape: {tuple(clean.shape)} vs {tuple(noisy.shape)}")
-    dev = evaluate._device_of(net)
+    dev = devices.of(net)[0]
     tc = net.run(clean.to(dev), timesteps=timesteps, feedback=feedback, record=("states",))
     tn = net.run(noisy.to(dev), timesteps=timesteps, feedback=feedback, record=("states",))
     out = torch.empty(timesteps + 1, len(tc.states), clean.shape[0])  # (T+1, N, B)

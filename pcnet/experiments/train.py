@@ -304,6 +304,14 @@ def reference_data(name: str = "fmnist_vgg", *, split: str = "train"):
     return data.fashion_mnist(split=split) if name == "fmnist_vgg" else data.cifar10(split=split)
 
 
+def _timed(train_fn, module, train, val, **options) -> dict:
+    """``train_fn(module, train, val_set=val, **options)``'s history plus its wall time (`train_seconds`)."""
+    t0 = time.perf_counter()
+    history = train_fn(module, train, val_set=val, **options)
+    history["train_seconds"] = time.perf_counter() - t0
+    return history
+
+
 def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: int, batch_size: int,
                            lr: float, val_size: int = 5000, limit: int | None = None, checkpoint=None,
                            progress: bool = True):
@@ -320,11 +328,8 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
         train = torch.utils.data.Subset(train, range(min(limit, len(train))))
     torch.manual_seed(seed)
     model = build_backbone(name)
-    t0 = time.perf_counter()
-    history = train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                               checkpoint=checkpoint, val_set=val, progress=progress,
-                               run_options=dict(name=name, val_size=val_size, limit=limit))
-    history["train_seconds"] = time.perf_counter() - t0
+    history = _timed(train_classifier, model, train, val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                     checkpoint=checkpoint, progress=progress, run_options=dict(name=name, val_size=val_size, limit=limit))
     history["test_acc"] = evaluate(model, reference_data(name, split="test"))[0]
     return model.eval(), history
 
@@ -342,11 +347,8 @@ def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0,
     if limit is not None:
         train, val = (torch.utils.data.Subset(s, range(min(limit, len(s)))) for s in (train, val))
     net = seeded_prednet(backbone, name=name, seed=seed)
-    t0 = time.perf_counter()
-    history = train_feedback(net, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             checkpoint=checkpoint, val_set=val, progress=progress,
-                             run_options=dict(name=name, val_size=val_size, limit=limit))
-    history["train_seconds"] = time.perf_counter() - t0
+    history = _timed(train_feedback, net, train, val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                     checkpoint=checkpoint, progress=progress, run_options=dict(name=name, val_size=val_size, limit=limit))
     return net.eval(), history
 
 
