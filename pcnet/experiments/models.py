@@ -127,7 +127,7 @@ def _backbone_stem(name: str, backbone_seed: int) -> str:
     from pcnet.experiments.files import safe_name
 
     if isinstance(backbone_seed, bool) or not isinstance(backbone_seed, int) or backbone_seed < 0:
-        raise ValueError(f"backbone_seed must be an integer >= 0 (it names the weights file), got {backbone_seed!r}")
+        raise ValueError(f"backbone_seed must be an int >= 0 (it names the weights file), got {backbone_seed!r}")
     name = safe_name(name, what="name")
     return name if backbone_seed == 0 else f"{name}_seed{backbone_seed}"
 
@@ -174,8 +174,9 @@ def load_reference_prednet(*, seed: int = 0, name: str = "fmnist_vgg", backbone_
     backbone = load_reference_backbone(name=name, backbone_seed=backbone_seed)
     net = pcnet.predify(backbone, layers=FMNIST_VGG_LAYERS, input_shape=BACKBONES[name][1],
                         **predify_kwargs)
-    fix = (f"run `python -m pcnet.experiments.train feedback --name {name} --backbone-seed {backbone_seed} "
-           f"--seed {seed}` (or book/03_feedback.ipynb with TRAIN=True)")
+    replicate = f" --backbone-seed {backbone_seed}" if backbone_seed else ""
+    fix = (f"run `python -m pcnet.experiments.train feedback --name {name}{replicate} --seed {seed}` "
+           "(or book/03_feedback.ipynb with TRAIN=True)")
     path = feedback_weights_path(name, seed=seed, backbone_seed=backbone_seed)
     _load(path, fix)  # a clear error naming the fix when missing or corrupt
     from pcnet.experiments.weights import load_decoders
