@@ -215,24 +215,24 @@ def feedback_baseline_loss(net, dataset, *, batch_size: int = 500) -> torch.Tens
     return torch.stack([(q / len(x) - (s / len(x)) ** 2).mean() for s, q in zip(sums, squares)]).float().cpu()
 
 
-def data_fingerprint(*tensors: torch.Tensor) -> str:
-    """sha256 over the dtypes, shapes and values of ``tensors`` (a training split: images and labels)."""
+def _fingerprint(named) -> str:
+    """sha256 over (prefix, tensor) pairs: each prefix, dtype, shape and the tensor's bytes."""
     digest = hashlib.sha256()
-    for t in tensors:
+    for prefix, t in named:
         t = t.detach().cpu().contiguous()
-        digest.update(f"{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(f"{prefix}{t.dtype}:{tuple(t.shape)};".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def data_fingerprint(*tensors: torch.Tensor) -> str:
+    """sha256 over the dtypes, shapes and values of ``tensors`` (a training split: images and labels)."""
+    return _fingerprint(("", t) for t in tensors)
 
 
 def state_fingerprint(module: nn.Module) -> str:
     """sha256 over every tensor of `module.state_dict()` (names, dtypes, shapes, values, BN buffers too)."""
-    digest = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        t = value.detach().cpu().contiguous()
-        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return _fingerprint((f"{key}:", value) for key, value in module.state_dict().items())
 
 
 def seeded_prednet(backbone: nn.Module, *, name: str = "fmnist_vgg", seed: int = 0, **predify_kwargs):
