@@ -176,10 +176,9 @@ def imagenet_folder(path, *, size: int = 224):
     Images are resized and centre-cropped to (3,size,size), float [0,1] (normalisation is inside
     the models returned by this module)."""
     from torchvision.datasets import ImageFolder
-    path = pathlib.Path(path).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a folder. Pass an ImageNet-style folder "
-                                f"(one sub-folder per class), or use pcnet.experiments.data.imagenette().")
+    from pcnet.experiments.files import existing
+    path = existing(path, kind="dir", what="image folder", fix="pass an ImageNet-style folder (one sub-folder "
+                    "per class), or use pcnet.experiments.data.imagenette()")
     return ImageFolder(str(path), transform=_imagenet_transform(size))
 
 

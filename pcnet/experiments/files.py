@@ -145,6 +145,15 @@ def locked(path, *, timeout: float = LOCK_TIMEOUT_S):
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
+def existing(path, *, kind: str, what: str, fix: str) -> pathlib.Path:
+    """``path`` (user-expanded) when it is an existing ``kind`` ("file" or "dir"); else FileNotFoundError
+    "<what> <path> is not a <kind>; <fix>"."""
+    path = pathlib.Path(path).expanduser()
+    if not (path.is_file() if kind == "file" else path.is_dir()):
+        raise FileNotFoundError(f"{what} {path} is not a {'file' if kind == 'file' else 'folder'}; {fix}")
+    return path
+
+
 def safe_name(value, *, what: str) -> str:
     """``str(value)`` when it is a plain file-name part (letters, digits, ``_ . + -``, no leading dot or
     ``..``); else a ValueError naming ``what``. Keeps user strings from building paths outside their folder."""

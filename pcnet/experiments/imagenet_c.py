@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .corruptions import COMMON, SEVERITIES
-from .files import atomic_path, sha256_file, write_text_atomic
+from .files import atomic_path, existing, sha256_file, write_text_atomic
 
 __all__ = ["check_imagenet_c", "published_imagenet_c", "GeneratedImageNetC", "generate_imagenet_c", "accuracy_grid"]
 
@@ -28,11 +28,9 @@ def _has_images(folder: pathlib.Path) -> bool:
 
 def check_imagenet_c(root, *, names=COMMON, severities=SEVERITIES) -> pathlib.Path:
     """Check that ``root`` holds every ``names`` x ``severities`` folder with class sub-folders of images."""
-    root = pathlib.Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"ImageNet-C root {root} is not a folder; download it with "
-                                f"pcnet.experiments.corruptions.download_imagenet_c({str(root)!r}), or generate the "
-                                f"corruptions from a validation folder with generate_imagenet_c(...)")
+    root = existing(root, kind="dir", what="ImageNet-C root", fix=f"download it with pcnet.experiments."
+                    f"corruptions.download_imagenet_c({str(root)!r}), or generate the corruptions from a validation "
+                    f"folder with generate_imagenet_c(...)")
     missing = [f"{n}/{s}" for n in names for s in severities if not _has_images(root / n / str(s))]
     if missing:
         raise ValueError(f"ImageNet-C at {root} lacks {len(missing)} corruption/severity folders with images, e.g. "

@@ -10,7 +10,7 @@ import torch
 
 from .corruptions import COMMON, SEVERITIES, _check
 from .download import fetch
-from .files import file_digest
+from .files import existing, file_digest
 
 CIFAR10_C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar"
 IMAGENET_C_URLS = {f: f"https://zenodo.org/records/2235448/files/{f}.tar"
@@ -86,9 +86,7 @@ def load_imagenet_c(root: str | os.PathLike, *, name: str, severity: int, transf
     """The published ImageNet-C folder ``root/<name>/<severity>/<wnid>/*.JPEG`` as a torchvision ImageFolder."""
     from torchvision.datasets import ImageFolder
     _check(name, severity)
-    folder = Path(root) / name / str(severity)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no ImageNet-C images at {folder}. On a connected machine run "
-                                f"pcnet.experiments.corruptions.download_imagenet_c({str(root)!r}) (archives: "
-                                f"{sorted(IMAGENET_C_URLS.values())}).")
+    folder = existing(Path(root) / name / str(severity), kind="dir", what="ImageNet-C images:",
+                      fix=f"on a connected machine run pcnet.experiments.corruptions.download_imagenet_c("
+                          f"{str(root)!r}) (archives: {sorted(IMAGENET_C_URLS.values())})")
     return ImageFolder(str(folder), transform=transform)

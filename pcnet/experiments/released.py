@@ -22,7 +22,6 @@ Two differences from the original package are handled here and stated:
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import re
 
 import torch
@@ -65,10 +64,9 @@ def read_checkpoint(source) -> dict:
 
         name = source.url.rstrip("/").rsplit("/", 1)[-1]
         source = download(source.url, DATA_DIR / "downloads" / name, sha256=source.sha256)
-    path = pathlib.Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"feedback checkpoint {path} does not exist; pass the path of a file saved by "
-                                f"`python -m pcnet.experiments.train feedback ...` or by the original package")
+    from pcnet.experiments.files import existing
+    path = existing(source, kind="file", what="feedback checkpoint", fix="pass the path of a file saved by "
+                    "`python -m pcnet.experiments.train feedback ...` or by the original package")
     from pcnet.experiments import weights
 
     if weights._expected_sha(path):
