@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
 import time
 from functools import lru_cache
@@ -301,6 +302,17 @@ def tuned_record(result: dict) -> dict:
                                                          "score": "validation accuracy at t=T"}}
 
 
+def _json_safe(obj):
+    """``obj`` with every non-finite float (an overflowed term size) replaced by None, so it is plain JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def main(argv=None) -> None:
     """CLI: compute chapter 4's full-test-set result in resumable chunks and save it with provenance."""
     import argparse
@@ -324,6 +336,7 @@ def main(argv=None) -> None:
     if result is None:
         print(f"computed the chunks starting with {args.only!r}")
         return
+    result = _json_safe(result)  # overflowed term sizes (large alpha) are stored as null
     extra = {"timing": result["timing"], "threads": torch.get_num_threads()}
     sha = save_json_result(args.out / RESULT_NAME, result, command=command.strip(), seed=cfg.noise_seed, extra=extra)
     save_json_result(args.out / TUNED_NAME, tuned_record(result), command=command.strip(), seed=cfg.noise_seed,
