@@ -242,9 +242,9 @@ class PredNet(nn.Module):
 
     def check_input(self, x):
         """Raise a clear error unless ``x`` is a float tensor (B, C, H, W) of the network's shape, dtype, device."""
+        shape = ", ".join(map(str, self.input_shape))
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor of shape (batch, {', '.join(map(str, self.input_shape))}), "
-                            f"got {type(x).__name__}")
+            raise TypeError(f"input must be a torch.Tensor of shape (batch, {shape}), got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             c, h, w = self.input_shape
             raise ValueError(f"input must have shape (batch, {c}, {h}, {w}), got {tuple(x.shape)}; resize or crop "
