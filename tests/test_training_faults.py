@@ -64,7 +64,7 @@ def test_train_feedback_divergence_names_the_batch_and_restores(net):
 
 def test_cli_feedback_that_diverges_exits_nonzero_and_saves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(models, "load_reference_backbone", lambda name: models.fmnist_vgg().eval())
+    monkeypatch.setattr(models, "load_reference_backbone", lambda name, backbone_seed=0: models.fmnist_vgg().eval())
     monkeypatch.setattr(train, "reference_data", lambda name, split: _images_28(128))
     with pytest.raises(SystemExit) as exit_info:
         train.main(["feedback", "--lr", "1e20", "--epochs", "1", "--batch-size", "32", "--val-size", "32"])
@@ -85,7 +85,7 @@ def test_cli_feedback_honours_val_size(monkeypatch, tmp_path):
     def fake_run(backbone, **kwargs):
         seen.update(kwargs)
         raise ValueError("stop here")
-    monkeypatch.setattr(models, "load_reference_backbone", lambda name: models.fmnist_vgg().eval())
+    monkeypatch.setattr(models, "load_reference_backbone", lambda name, backbone_seed=0: models.fmnist_vgg().eval())
     monkeypatch.setattr(train, "reference_feedback_run", fake_run)
     with pytest.raises(SystemExit):
         train.main(["feedback", "--val-size", "123", "--limit", "7"])
