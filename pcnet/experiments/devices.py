@@ -1,9 +1,10 @@
-"""Where the book's computations run: the chapters' ``DEVICE`` parameter and optional mixed precision.
+"""Where the book's computations run: the chapters' ``DEVICE`` parameter and optional mixed precision::
 
     DEVICE = devices.resolve(DEVICE)          # "cuda" / "cpu" / "mps" / None (auto), checked
     device, dtype = devices.of(net)           # where a model's parameters live
     with devices.autocast(device, "bf16"):    # mixed precision (None: full precision)
         ...
+
 Library functions move the batches they create to ``devices.of(model)``, so a model placed with
 ``model.to(DEVICE)`` is all a chapter has to move.
 """

@@ -109,7 +109,8 @@ def newcombe_interval(n11: int, n10: int, n01: int, n00: int, *, confidence: flo
 
     p1 = (n11 + n10) / n and p2 = (n11 + n01) / n get Wilson intervals (l1, u1), (l2, u2), combined with the
     correlation phi of the paired table (its numerator n11 n00 - n10 n01 reduced by n / 2 when positive,
-    as in Newcombe's method 10):
+    as in Newcombe's method 10)::
+
         low  = d - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2)
         high = d + sqrt((u1 - p1)^2 - 2 phi (u1 - p1)(p2 - l2) + (p2 - l2)^2)
     """
@@ -218,7 +219,7 @@ def bootstrap(statistic: Callable[..., torch.Tensor], *samples, n_boot: int = 20
     ``samples`` are tensors whose last dimension indexes the same n images (e.g. correctness (C, S, T+1, n)).
     Each resample draws n image indices with replacement and applies them to every sample alike (pairing kept).
     ``statistic(*resampled)`` receives tensors with a leading resample dimension, (B, ..., n), and returns (B,)
-    or (B, *k); e.g. mCE as the mean of per-corruption ratios CE_c(T) / CE_c(0), from correctness (C, S, T+1, n):
+    or ``(B, *k)``; e.g. mCE as the mean of per-corruption ratios CE_c(T) / CE_c(0), from correctness (C, S, T+1, n):
     ``lambda c: metrics.normalised_ce(c.float().mean(-1))[..., -1].mean(-1)``.
     Bias correction z0 counts ties half; the acceleration comes from a jackknife over ``groups`` random groups
     of images (the ordinary jackknife when n <= groups). ``null``: also return the two-sided p-value of the
@@ -308,7 +309,7 @@ def mde_paired(n: int, *, discordance: float | None = None, sd: float | None = N
     """Minimum detectable difference of a paired design with n images (two-sided ``alpha``, given ``power``).
 
     discordance psi (paired proportions, McNemar; Connor 1987): the delta solving
-        delta sqrt(n) = z_{1-alpha/2} sqrt(psi) + z_power sqrt(psi - delta^2)   (a fraction; x 100 for points).
+    ``delta sqrt(n) = z_{1-alpha/2} sqrt(psi) + z_power sqrt(psi - delta^2)`` (a fraction; x 100 for points).
     sd (paired mean difference): delta = d sd with d the effect size at which the paired t-test on n
     differences has the given power (noncentral t; needs n >= 2). Same units as sd.
     """
