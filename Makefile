@@ -35,7 +35,7 @@ TEST_STEPS ?= unit-and-chapters nbstripout-check site-strict browser-check
 help:
 	@echo "make book   - set up, execute every chapter, build the site into _build/html"
 	@echo "make test   - set up, unit tests, chapters in smoke mode, strict site build, browser check"
-	@echo "make data   - rerun chapter 4 with SAVE_RESULTS=True: rewrites data/results/ch4_tuned_hparams.json"
+	@echo "make data   - rerun the chapters' study CLIs (resumable, hours on 2 cores): rewrites data/results/ch4-6_*"
 	@echo "make clean  - remove _build (keeps .venv);  make distclean - also .venv, .cache, MathJax copy"
 
 # ---------------------------------------------------------------- setup
@@ -91,11 +91,14 @@ book: setup
 chapters: setup
 	$(PY) scripts/run_chapters.py --out $(SRC)
 
-# The committed results that chapters write (SAVE_RESULTS, False by default so `make book` leaves git clean);
-# the reference weights come from `python -m pcnet.experiments.train` (see data/MANIFEST.json).
+# The committed results of chapters 4-6 come from their study CLIs (resumable chunks under data/cache; the chapters
+# only load and verify them, so `make book` leaves git clean); the reference weights come from
+# `python -m pcnet.experiments.train` (see data/MANIFEST.json).
 data: setup
-	$(PY) scripts/run_chapters.py --out $(SRC) book/04_dynamics.ipynb -p SAVE_RESULTS=True
-	@echo "data/results/ch4_tuned_hparams.json and data/MANIFEST.json rewritten: review with git diff, then commit"
+	$(PY) -m pcnet.experiments.dynamics_runs
+	$(PY) -m pcnet.experiments.corruption_study
+	$(PY) -m pcnet.experiments.robustness_study
+	@echo "data/results/ch4_*, ch5_*, ch6_* and data/MANIFEST.json rewritten: review with git diff, then commit"
 
 site:
 	rm -rf _build/html _build/.doctrees
