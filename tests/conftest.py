@@ -3,6 +3,7 @@ import pathlib
 import sys
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "scripts"):
@@ -25,3 +26,12 @@ def data_dir(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "DATA_DIR", tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread avoids thread-pool overhead (and contention on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

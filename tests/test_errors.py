@@ -8,11 +8,7 @@ from torch import nn
 
 import pcnet
 import pcnet.experiments.models
-
-
-def small_cnn():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 16, 3))
+from tiny import small_cnn
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ TINY = R.Config(per_class=1, timesteps=2, eps_sweep=(0.05, 0.2), eps_main=0.05, 
                 queries=4, queries_main=6, last_k=1, block=4, autoattack=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

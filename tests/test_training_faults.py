@@ -2,18 +2,13 @@
 option that changes the result, decoder weights refuse a PredNet built at other layers."""
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 import pcnet
 import pcnet.experiments.data as data
 import pcnet.experiments.weights as weights
 from pcnet.experiments import models, train
-
-
-def small_cnn():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 16, 3))
+from tiny import small_cnn
 
 
 @pytest.fixture
