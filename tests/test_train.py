@@ -50,7 +50,7 @@ def test_training_lowers_loss_and_evaluate(fashion):
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert len(history["train_loss"]) == len(history["seconds"]) == 3
     model.train()
-    accuracy, predictions = train.evaluate(model, small, batch_size=100)
+    accuracy, predictions = train.classifier_accuracy(model, small, batch_size=100)
     assert model.training  # evaluate restores the mode it found
     assert predictions.shape == (1024,) and accuracy == pytest.approx((predictions == y).float().mean().item())
     assert accuracy > 0.6  # 10 classes: chance is 0.1

@@ -38,7 +38,7 @@ __all__ = [
     "as_tensors",
     "lr_at",
     "train_classifier",
-    "evaluate",
+    "classifier_accuracy",
     "confusion_matrix",
     "train_feedback",
     "feedback_loss_on",
@@ -160,7 +160,7 @@ def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: in
             losses, acc = _classifier_epoch(model, x, y, optimizer, epoch=epoch, seed=seed,
                                             batch_size=batch_size, lr=lr, total=total, bar=bar)
             loss = sum(losses) / len(losses)
-            history["val_acc"].append(evaluate(model, val_set)[0] if val_set is not None else None)
+            history["val_acc"].append(classifier_accuracy(model, val_set)[0] if val_set is not None else None)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=history["val_acc"][-1])
         history["train_loss"].append(loss), history["train_acc"].append(acc), history["step_loss"].extend(losses)
         history["seconds"].append(time.perf_counter() - t0)
@@ -170,7 +170,7 @@ def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: in
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, *, batch_size: int = 1000) -> tuple[float, torch.Tensor]:
+def classifier_accuracy(model: nn.Module, dataset, *, batch_size: int = 1000) -> tuple[float, torch.Tensor]:
     """(accuracy, predicted labels (N,)) of `model` in eval mode on `dataset`."""
     was_training = model.training
     model.eval()
@@ -330,7 +330,7 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
     model = build_backbone(name)
     history = _timed(train_classifier, model, train, val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                      checkpoint=checkpoint, progress=progress, run_options=dict(name=name, val_size=val_size, limit=limit))
-    history["test_acc"] = evaluate(model, reference_data(name, split="test"))[0]
+    history["test_acc"] = classifier_accuracy(model, reference_data(name, split="test"))[0]
     return model.eval(), history
 
 
