@@ -75,6 +75,13 @@ def test_paired_proportions_verdict():
     assert "n = 250" in str(null) and "exact McNemar p = 0.125" in str(null)
 
 
+def test_paired_proportions_mde_without_discordant_images():
+    # identical correctness: the observed discordance is 0, the MDE uses its 95% upper bound 1 - 0.05^(1/n)
+    same = V.paired_proportions(*_pairs(150, 0, 0, 50), contrast="identical")
+    assert same.mde == pytest.approx(100 * S.mde_paired(200, discordance=1 - 0.05 ** (1 / 200))) and same.mde > 1
+    assert same.effect == "none" and same.estimate == 0
+
+
 # ----------------------------------------------------------------------------- Holm
 def test_holm_matches_statsmodels():
     rng = np.random.default_rng(0)

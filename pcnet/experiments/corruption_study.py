@@ -100,9 +100,11 @@ def random_order(n: int, *, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def _in_order(predict, images, labels, *, order, batch: int) -> torch.Tensor:
-    """Correctness (T+1 or 1, n) of ``predict`` run over ``images`` in ``order``, returned in the input order."""
-    correct = metrics.correct_per_timestep(predict, images[order], labels[order], batch_size=batch)  # (T+1, n)
+def _in_order(predict, images, labels, *, order, batch: int, device=None) -> torch.Tensor:
+    """Correctness (T+1 or 1, n) of ``predict`` run over ``images`` in ``order`` (batches on ``device``),
+    returned in the input order."""
+    correct = metrics.correct_per_timestep(predict, images[order], labels[order], batch_size=batch,
+                                           device=device)  # (T+1, n)
     out = torch.empty_like(correct)
     out[:, order] = correct
     return out
@@ -126,26 +128,28 @@ def _predictors(nets: dict, backbone, config: StudyConfig) -> dict:
     return out
 
 
-def build_methods(config: StudyConfig, value_sets: dict) -> dict:
-    """The study's predictors for value sets {name: {beta, lam, alpha}} (networks of ``feedback_seed``)."""
-    nets = {v: models.load_reference_prednet(seed=config.feedback_seed, **hp) for v, hp in value_sets.items()}
+def build_methods(config: StudyConfig, value_sets: dict, *, device="cpu") -> dict:
+    """The study's predictors for value sets {name: {beta, lam, alpha}} (networks of ``feedback_seed``), with
+    every network on ``device``."""
+    nets = {v: models.load_reference_prednet(seed=config.feedback_seed, **hp).to(device)
+            for v, hp in value_sets.items()}
     backbone = next(iter(nets.values())).backbone
     return _predictors(nets, backbone, config)
 
 
-def evaluate_set(methods: dict, images, labels, *, order) -> dict:
+def evaluate_set(methods: dict, images, labels, *, order, device=None) -> dict:
     """Correctness {name: bool (T+1 or 1, n)} of every method on one set of images (TTA reset first)."""
     out = {}
     for name, (predict, batch, reset) in methods.items():
         if reset is not None:
             reset()  # every corruption x severity starts from the source weights
-        out[name] = _in_order(predict, images, labels, order=order, batch=batch)  # TENT enables grad itself
+        out[name] = _in_order(predict, images, labels, order=order, batch=batch, device=device)  # TENT enables grad itself
     return out
 
 
-def evaluate_corruption(methods: dict, stack, labels, *, order) -> dict:
+def evaluate_corruption(methods: dict, stack, labels, *, order, device=None) -> dict:
     """Correctness {name: bool (T+1 or 1, S, n)} on one corruption's severities ``stack`` (S, n, 1, H, W)."""
-    per_severity = [evaluate_set(methods, imgs, labels, order=order) for imgs in stack]
+    per_severity = [evaluate_set(methods, imgs, labels, order=order, device=device) for imgs in stack]
     return {k: torch.stack([p[k] for p in per_severity], dim=1) for k in methods}
 
 
@@ -187,12 +191,12 @@ def _write_chunk(path: pathlib.Path, body: dict) -> None:
     write_text_atomic(path, json.dumps({"body": body, "sha256": _body_sha(body)}) + "\n")
 
 
-def _compute_chunk(name, cset, methods, order) -> dict:
+def _compute_chunk(name, cset, methods, order, *, device=None) -> dict:
     cpu = time.process_time()
     if name == "clean":
-        correct = evaluate_set(methods, cset["clean"], cset["labels"], order=order)
+        correct = evaluate_set(methods, cset["clean"], cset["labels"], order=order, device=device)
     else:
-        correct = evaluate_corruption(methods, cset["images"][name], cset["labels"], order=order)
+        correct = evaluate_corruption(methods, cset["images"][name], cset["labels"], order=order, device=device)
     return {"correct": {k: encode_bits(v) for k, v in correct.items()}, "cpu_seconds": time.process_time() - cpu}
 
 
@@ -205,19 +209,20 @@ def study_data(config: StudyConfig, *, progress: bool = False) -> dict:
     return {**cset, "clean": x[idx], "indices": idx}
 
 
-def run_study(config: StudyConfig, value_sets: dict, *, chunk_dir=None, progress: bool = True, log=None) -> dict:
-    """Compute (or resume) every chunk of a study and assemble the result (plain JSON)."""
+def run_study(config: StudyConfig, value_sets: dict, *, chunk_dir=None, progress: bool = True, log=None,
+              device="cpu") -> dict:
+    """Compute (or resume) every chunk of a study on ``device`` and assemble the result (plain JSON)."""
     from tqdm.auto import tqdm
     folder = pathlib.Path(chunk_dir or DATA_DIR / "cache" / "ch5_chunks") / _chunk_key(config, value_sets)
     cset = study_data(config, progress=progress)
     order = random_order(len(cset["labels"]), seed=config.order_seed)
-    methods = build_methods(config, value_sets)
+    methods = build_methods(config, value_sets, device=device)
     chunks = {}
     for name in tqdm(["clean", *config.names], desc="chunks", disable=not progress):
         path = folder / f"{name}.json"
         chunks[name] = _read_chunk(path)
         if chunks[name] is None:
-            chunks[name] = _compute_chunk(name, cset, methods, order)
+            chunks[name] = _compute_chunk(name, cset, methods, order, device=device)
             _write_chunk(path, chunks[name])
             if log:
                 log(f"chunk {name}: {chunks[name]['cpu_seconds']:.0f} CPU-s -> {path}")
@@ -271,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=pathlib.Path, default=RESULT_PATH)
     p.add_argument("--chunk-dir", type=pathlib.Path, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     return p
 
 
@@ -282,7 +288,8 @@ def main(argv=None) -> None:
                          names=tuple(args.names))
     tuned, tuned_sha = read_tuned(args.tuned)
     value_sets = {"paper": PAPER, "tuned": tuned}
-    result = run_study(config, value_sets, chunk_dir=args.chunk_dir, log=lambda m: print(m, flush=True))
+    result = run_study(config, value_sets, chunk_dir=args.chunk_dir, log=lambda m: print(m, flush=True),
+                       device=args.device)
     result["tuned_hparams"] = {"file": args.tuned.name, "sha256": tuned_sha}
     command = "python -m pcnet.experiments.corruption_study " + " ".join(argv if argv is not None else sys.argv[1:])
     sha = weights.save_json_result(args.out, result, command=command.strip(), seed=config.feedback_seed,

@@ -68,11 +68,15 @@ class Verdict:
 def paired_proportions(a, b, *, contrast: str, confidence: float = 0.95, alpha: float = 0.05, power: float = 0.8,
                        mid_p: bool = False) -> Verdict:
     """Verdict on accuracy(a) - accuracy(b) in points: exact McNemar test, Newcombe interval, and the MDE
-    from n and the observed discordance rate. a, b: per-image correctness on the same images."""
+    from n and the observed discordance rate. a, b: per-image correctness on the same images.
+
+    With no discordant image the observed rate (0) would give an MDE of 0; the MDE then uses the one-sided
+    95 % upper bound of the discordance rate instead, 1 - 0.05^(1/n) (about 3/n, the "rule of three")."""
     n11, n10, n01, n00 = paired_counts(a, b)
     n = n11 + n10 + n01 + n00
     est, low, high = (100 * float(v) for v in newcombe_interval(n11, n10, n01, n00, confidence=confidence))
-    mde = 100 * mde_paired(n, discordance=(n10 + n01) / n, alpha=alpha, power=power)
+    discordance = (n10 + n01) / n if n10 + n01 else 1 - 0.05 ** (1 / n)
+    mde = 100 * mde_paired(n, discordance=discordance, alpha=alpha, power=power)
     test = "exact McNemar" + (" mid-p" if mid_p else "")
     return Verdict(contrast, n, est, low, high, mde, test, mcnemar_exact(n10, n01, mid_p=mid_p), alpha=alpha)
 
