@@ -69,7 +69,7 @@ def read_checkpoint(source) -> dict:
                     "`python -m pcnet.experiments.train feedback ...` or by the original package")
     from pcnet.experiments import weights
 
-    if weights._expected_sha(path):
+    if weights.recorded_hashes(path):
         return weights.load_weights(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -134,7 +134,7 @@ def _save_recorded(path: pathlib.Path, write, prov: dict, *, sidecar: bool) -> d
     return prov
 
 
-def _expected_sha(path: pathlib.Path) -> list[tuple[str, str]]:
+def recorded_hashes(path: pathlib.Path) -> list[tuple[str, str]]:
     """(source, sha256) pairs recorded for ``path`` in its manifest and sidecar."""
     found = []
     mpath = manifest_path(path)
@@ -173,7 +173,7 @@ def load_weights(path, *, map_location="cpu") -> dict:
     """Load weights saved by ``save_weights`` after checking their sha256 against manifest and sidecar."""
     path = _existing(path, "the command recorded in the book chapter that trains it (it calls "
                            "pcnet.experiments.weights.save_weights)")
-    expected = _expected_sha(path)
+    expected = recorded_hashes(path)
     if not expected:
         raise RuntimeError(f"{path} has no recorded sha256 (no manifest entry, no sidecar). "
                            f"Save it with pcnet.experiments.weights.save_weights so its provenance is recorded.")
@@ -222,7 +222,7 @@ def load_json_result(path):
                            f"hand?). Re-create it with the recorded command: "
                            f"{doc['provenance'].get('command')}")
     file_sha = sha256_file(path)
-    for source, sha in _expected_sha(path):
+    for source, sha in recorded_hashes(path):
         if sha != file_sha:
             raise RuntimeError(f"{path} has sha256 {file_sha} but {source} records {sha}. Re-create "
                                f"it with: {doc['provenance'].get('command')}")
