@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Subset
 from .data import IMAGENETTE_IMAGENET_INDEX
 
 __all__ = ["SCALES", "LITE0_LAYERS", "IMAGENETTE_WNIDS", "check_scale", "plite0", "PhotoCrops", "train_demo_feedback",
-           "Relabel", "resolve_data", "eval_subset", "paper_feedback", "run_paper"]
+           "run_demo", "Relabel", "imagenet_index", "resolve_data", "eval_subset", "paper_feedback", "run_paper"]
 
 SCALES = ("demo", "paper")
 # EfficientNet-Lite0's stem BatchNorm (its ReLU6 is applied in forward, after the PCoder) and the last block of
@@ -88,7 +88,39 @@ def train_demo_feedback(net, photos: torch.Tensor, *, epochs: int, batch_size: i
 
     data = PhotoCrops(photos, size=net.meta["image_size"], repeats=repeats)
     return train_feedback_scale(net, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=0,
-                                progress=progress)
+                                progress=progress, dist=_here(net))
+
+
+def _here(net):
+    """A single-process :class:`train_scale.Dist` on the device ``net`` sits on (the trainer moves it there)."""
+    from .train_scale import Dist
+
+    return Dist(device=next(net.parameters()).device)
+
+
+def run_demo(*, epochs: int, batch_size: int, lr: float, seed: int, repeats: int, sigmas, timesteps: int, device,
+             progress: bool = True) -> dict:
+    """The offline demonstration: :func:`plite0` on ``device``, decoders trained on crops of the natural photos
+    (256 px, cropped to 224), then :func:`scale_eval.noise_study` on the 20 labelled ImageNet photos (one batch of
+    20, so the shuffled and mean controls mix all of them). Returns the network, training history and study."""
+    import time
+
+    from torch.utils.data import TensorDataset
+
+    from .data import natural_photo_names, natural_photos, sample_images
+    from .scale_eval import noise_study
+
+    net = plite0(seed=seed).to(device)
+    photos = natural_photos(size=256)  # (P, 3, 256, 256)
+    start = time.process_time()
+    history = train_demo_feedback(net, photos, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                  repeats=repeats, progress=progress)
+    train_cpu = time.process_time() - start
+    x, y = sample_images(dataset="imagenet")  # (20, 3, 224, 224), (20,)
+    study = noise_study(net, TensorDataset(x, y), sigmas=sigmas, timesteps=timesteps, batch_size=len(y), seed=seed,
+                        progress=progress)
+    return {"net": net, "history": history, "study": study, "photos": natural_photo_names(), "n": len(y),
+            "train_cpu_s": train_cpu, "eval_cpu_s": time.process_time() - start - train_cpu}
 
 
 class Relabel(Dataset):
@@ -159,7 +191,7 @@ def paper_feedback(net, *, feedback, train_folder, epochs: int, batch_size: int,
         return {"source": str(feedback), **load_feedback(net, feedback)}
     dataset = image_folder(train_folder, transform=preprocessing(net, train=True))
     history = train_feedback_scale(net, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                   workers=workers, max_steps=max_steps, progress=progress)
+                                   workers=workers, max_steps=max_steps, progress=progress, dist=_here(net))
     return {"source": f"trained on {train_folder}", "epoch_loss": history["epoch_loss"], "images": history["images"]}
 
 

@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-__all__ = ["hardware", "measure_costs", "runtime_rows", "runtime_table"]
+__all__ = ["hardware", "provenance", "measure_costs", "runtime_rows", "runtime_table"]
 
 
 def hardware(device) -> str:
@@ -38,6 +38,14 @@ def hardware(device) -> str:
     import os
 
     return f"{model}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def provenance(device, *, run: str) -> str:
+    """'RUN, DATE UTC, on HARDWARE': the label every printed number of chapter 7 carries."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return f"{run}, {now} UTC, on {hardware(device)}"
 
 
 def _timed(fn, *, device, repeats: int) -> float:
