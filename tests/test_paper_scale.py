@@ -70,9 +70,9 @@ def test_paper_path_end_to_end(preset, folder, tmp_path, one_thread):
 
 def test_paper_feedback_loads_a_file_instead_of_training(folder, tmp_path, one_thread):
     torch.manual_seed(1)
-    source = ps._paper_net("pefficientnet_b0", weights=None, image_size=32, device="cpu", seed=1)
+    source = ps.paper_net("pefficientnet_b0", weights=None, image_size=32, device="cpu", seed=1)
     torch.save(source.decoders.state_dict(), tmp_path / "feedback.pt")
-    net = ps._paper_net("pefficientnet_b0", weights=None, image_size=32, device="cpu", seed=0)
+    net = ps.paper_net("pefficientnet_b0", weights=None, image_size=32, device="cpu", seed=0)
     report = ps.paper_feedback(net, feedback=tmp_path / "feedback.pt", train_folder=None, epochs=1, batch_size=8,
                                lr=1e-3, seed=0, workers=0)
     assert report["layout"] == "pcnet"
@@ -98,7 +98,7 @@ def test_bad_scale_and_data_name_the_parameter_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"DATA=.*loose' cannot be used: .*is not an ImageFolder.*class folders"):
         ps.resolve_data(tmp_path / "loose")
     with pytest.raises(ValueError, match=r"PRESETS may contain"):
-        ps._paper_net("presnet18", weights=None, image_size=32, device="cpu", seed=0)
+        ps.paper_net("presnet18", weights=None, image_size=32, device="cpu", seed=0)
 
 
 def test_demo_network_predicts_what_the_backbone_does_at_t0_and_trains_on_crops(one_thread):
@@ -152,7 +152,7 @@ def test_measured_costs_are_positive_and_labelled(one_thread):
     costs = scale_costs.measure_costs(net, batch=2, timesteps=1, grad_timesteps=1, repeats=1)
     assert set(costs["per_image_s"]) == {"backbone", "t0", "step", "train", "grad0", "grad_step"}
     assert all(v > 0 for k, v in costs["per_image_s"].items() if k not in ("step", "grad_step"))
-    assert costs["clock"] == "process CPU time" and "torch threads" in costs["hardware"]
+    assert costs["clock"] == "process CPU time, 1 thread" and "1 torch threads" in costs["hardware"]
     assert all(torch.equal(a, b) for a, b in zip(before, net.decoders.parameters()))
 
 
@@ -161,3 +161,20 @@ def test_noise_study_rejects_unknown_baselines():
     with pytest.raises(ValueError, match="tta_methods may contain"):
         scale_eval.noise_study(net, TensorDataset(torch.rand(2, 3, 224, 224), torch.zeros(2, dtype=torch.long)),
                                sigmas=[0.0], timesteps=1, batch_size=2, tta_methods=("TTT",))
+
+
+def test_generated_imagenet_c_takes_the_chosen_images(folder, tmp_path):
+    from pcnet.experiments.imagenet_c import generate_imagenet_c
+
+    sets = generate_imagenet_c(folder / "val", names=["gaussian_noise"], severities=[1], size=32, indices=[5, 0, 39],
+                               cache_dir=tmp_path, progress=False)
+    assert sets["gaussian_noise", 1].labels.tolist() == [1, 0, 9]  # 4 images per class folder, in sorted order
+    assert sets["gaussian_noise", 1].images.shape == (3, 3, 32, 32)
+
+
+def test_runtime_refuses_negative_measured_costs():
+    costs = {"per_image_s": {"backbone": 1.0, "t0": 1.0, "step": -0.5, "train": 3.0, "grad0": 4.0, "grad_step": 5.0},
+             "hardware": "hand-made"}
+    with pytest.raises(ValueError, match=r"'step': -0.5.*negative.*more repeats"):
+        scale_costs.runtime_rows(costs, n_train=1, epochs=1, n_eval=1, sigmas=1, n_corrupt=1, corruptions=1,
+                                 severities=1, n_attack=1, eps=1, attack_steps=1, timesteps=1)

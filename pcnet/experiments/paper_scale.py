@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Subset
 from .data import IMAGENETTE_IMAGENET_INDEX
 
 __all__ = ["SCALES", "LITE0_LAYERS", "IMAGENETTE_WNIDS", "check_scale", "plite0", "PhotoCrops", "train_demo_feedback",
-           "run_demo", "Relabel", "imagenet_index", "resolve_data", "eval_subset", "paper_feedback", "run_paper"]
+           "run_demo", "Relabel", "imagenet_index", "resolve_data", "eval_subset", "paper_net", "paper_feedback", "run_paper"]
 
 SCALES = ("demo", "paper")
 # EfficientNet-Lite0's stem BatchNorm (its ReLU6 is applied in forward, after the PCoder) and the last block of
@@ -195,7 +195,8 @@ def paper_feedback(net, *, feedback, train_folder, epochs: int, batch_size: int,
     return {"source": f"trained on {train_folder}", "epoch_loss": history["epoch_loss"], "images": history["images"]}
 
 
-def _paper_net(preset: str, *, weights, image_size: int, device, seed: int):
+def paper_net(preset: str, *, weights, image_size: int, device, seed: int):
+    """PVGG16 or PEfficientNetB0 (:mod:`zoo`) with ``weights`` and decoders initialised from ``seed``, on ``device``."""
     from .train_scale import build_preset
 
     if preset not in ("pvgg16", "pefficientnet_b0"):
@@ -214,7 +215,7 @@ def run_paper(preset: str, *, data, weights, feedback, device, cfg: dict, progre
     from .zoo import preprocessing
 
     folders = data if isinstance(data, dict) else resolve_data(data)
-    net = _paper_net(preset, weights=weights, image_size=cfg["image_size"], device=device, seed=cfg["seed"])
+    net = paper_net(preset, weights=weights, image_size=cfg["image_size"], device=device, seed=cfg["seed"])
     fb = paper_feedback(net, feedback=feedback, train_folder=folders["train"], seed=cfg["seed"], progress=progress,
                         **cfg["train"])
     net.to(device).eval()

@@ -78,19 +78,11 @@ def _gradient(net, x, y, timestep: int):
     return run
 
 
-def measure_costs(net, *, batch: int, timesteps: int, grad_timesteps: int = 2, repeats: int = 3,
-                  seed: int = 0) -> dict:
-    """Per-image seconds of ``net`` on its device with a batch of random images: ``backbone`` (one plain pass),
-    ``t0`` (the PredNet at t = 0), ``step`` (one timestep, from a run of ``timesteps``), ``train`` (one decoder
-    training step, lr 0 so nothing changes), ``grad0`` and ``grad_step`` (an attack's forward-backward at t = 0
-    and per timestep, from ``grad_timesteps``). Also the hardware, the clock and the settings."""
+def _per_batch(net, x, y, *, timesteps: int, grad_timesteps: int, repeats: int) -> dict:
+    """Seconds per batch of each measured quantity (see :func:`measure_costs`)."""
     import pcnet
 
-    device = next(net.parameters()).device
-    size = net.input_shape[-1] if hasattr(net, "input_shape") else net.meta["image_size"]
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, 3, size, size, generator=g).to(device)  # (B, 3, H, W)
-    y = torch.randint(0, 1000, (batch,), generator=g).to(device)  # (B,)
+    device = x.device
     optimizer = torch.optim.SGD(net.decoders.parameters(), lr=0.0)
     with torch.no_grad():
         backbone, t0, tt = (_timed(f, device=device, repeats=repeats) for f in (
@@ -98,10 +90,35 @@ def measure_costs(net, *, batch: int, timesteps: int, grad_timesteps: int = 2, r
     train = _timed(lambda: pcnet.feedback_step(net, x, optimizer), device=device, repeats=repeats)
     net.eval()
     g0, gk = (_timed(_gradient(net, x, y, k), device=device, repeats=repeats) for k in (0, grad_timesteps))
-    per = {"backbone": backbone, "t0": t0, "step": (tt - t0) / timesteps, "train": train, "grad0": g0,
-           "grad_step": (gk - g0) / grad_timesteps}
-    return {"per_image_s": {k: v / batch for k, v in per.items()}, "hardware": hardware(device),
-            "device": str(device), "clock": "wall (CUDA synchronised)" if device.type == "cuda" else "process CPU time",
+    return {"backbone": backbone, "t0": t0, "step": (tt - t0) / timesteps, "train": train, "grad0": g0,
+            "grad_step": (gk - g0) / grad_timesteps}
+
+
+def measure_costs(net, *, batch: int, timesteps: int, grad_timesteps: int = 2, repeats: int = 3,
+                  seed: int = 0) -> dict:
+    """Per-image seconds of ``net`` on its device with a batch of random images: ``backbone`` (one plain pass),
+    ``t0`` (the PredNet at t = 0), ``step`` (one timestep, from a run of ``timesteps``), ``train`` (one decoder
+    training step, lr 0 so nothing changes), ``grad0`` and ``grad_step`` (an attack's forward-backward at t = 0
+    and per timestep, from ``grad_timesteps``). Also the hardware, the clock and the settings.
+
+    On a CPU it measures with one torch thread: process CPU time then counts work, not the spinning of idle
+    threads, so it stays meaningful on a shared machine (wall time with k idle cores is about CPU time / k at best).
+    """
+    device = next(net.parameters()).device
+    size = net.input_shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, size, size, generator=g).to(device)  # (B, 3, H, W)
+    y = torch.randint(0, 1000, (batch,), generator=g).to(device)  # (B,)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        per = _per_batch(net, x, y, timesteps=timesteps, grad_timesteps=grad_timesteps, repeats=repeats)
+        where = hardware(device)
+    finally:
+        torch.set_num_threads(threads)
+    return {"per_image_s": {k: v / batch for k, v in per.items()}, "hardware": where, "device": str(device),
+            "clock": "wall (CUDA synchronised)" if device.type == "cuda" else "process CPU time, 1 thread",
             "batch": batch, "timesteps": timesteps, "grad_timesteps": grad_timesteps, "repeats": repeats,
             "image_size": size}
 
@@ -111,6 +128,10 @@ def runtime_rows(costs: dict, *, n_train: int, epochs: int, n_eval: int, sigmas:
                  timesteps: int) -> list[dict]:
     """Image passes of a paper-scale run times the measured per-image costs (``costs["per_image_s"]``)."""
     c = costs["per_image_s"]
+    negative = {k: v for k, v in c.items() if not v >= 0}
+    if negative:
+        raise ValueError(f"measured costs {negative} are negative: timing noise exceeded the cost of a timestep; "
+                         f"measure again with more repeats= or a larger timesteps= (on an idle machine)")
     forward_T = c["t0"] + timesteps * c["step"]
     grad_T = c["grad0"] + timesteps * c["grad_step"]
     rows = [("feedback training", epochs * n_train, c["train"]),
