@@ -27,7 +27,8 @@ def folder(tmp_path_factory):
         for wnid in ps.IMAGENETTE_WNIDS:
             (root / split / wnid).mkdir(parents=True)
             for i in range(4):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / split / wnid / f"{i}.png")
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / wnid / f"{i}.png")
     return root
 
 
@@ -141,6 +142,10 @@ def test_runtime_table_is_passes_times_measured_costs(one_thread):
     assert rows["Gaussian noise: dynamics + 3 feedback controls"]["s per pass"] == 1.0 + 10 * 2.0
     assert rows["ImageNet-C: dynamics + 3 feedback controls"]["image passes"] == 3 * 2 * 5 * 4
     assert rows["attacks at t=T (forward-backward per step)"]["hours"] == pytest.approx(4 * 3 * 7 * (4 + 10 * 5) / 3600)
+    no_bn = {r["task"]: r for r in scale_costs.runtime_rows(costs, batchnorm=False, **plan)}
+    assert "Gaussian noise: TENT (forward-backward)" not in no_bn  # VGG16: no BN adaptation, no TENT
+    assert no_bn["Gaussian noise: rescale + BN adaptation (2 passes)"]["image passes"] == 5 * 2
+    assert rows["Gaussian noise: rescale + BN adaptation (2 passes)"]["image passes"] == 5 * 2 * 3
     table = scale_costs.runtime_table(costs, **plan)
     assert table.loc["total", "hours"] == pytest.approx(round(sum(r["hours"] for r in rows.values()), 2), abs=0.01)
     assert table.attrs["hardware"] == "hand-made"

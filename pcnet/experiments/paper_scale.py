@@ -22,8 +22,9 @@ from torch.utils.data import Dataset, Subset
 
 from .data import IMAGENETTE_IMAGENET_INDEX
 
-__all__ = ["SCALES", "LITE0_LAYERS", "IMAGENETTE_WNIDS", "check_scale", "plite0", "PhotoCrops", "train_demo_feedback",
-           "run_demo", "Relabel", "imagenet_index", "resolve_data", "eval_subset", "paper_net", "paper_feedback", "run_paper"]
+__all__ = ["SCALES", "LITE0_LAYERS", "IMAGENETTE_WNIDS", "check_scale", "plite0", "PhotoCrops",
+           "train_demo_feedback", "run_demo", "Relabel", "imagenet_index", "resolve_data", "eval_subset", "paper_net",
+           "paper_feedback", "run_paper"]
 
 SCALES = ("demo", "paper")
 # EfficientNet-Lite0's stem BatchNorm (its ReLU6 is applied in forward, after the PCoder) and the last block of
@@ -38,8 +39,9 @@ IMAGENETTE_WNIDS = ("n01440764", "n02102040", "n02979186", "n03000684", "n030280
 def check_scale(scale) -> str:
     """``scale`` if it is "demo" or "paper"; otherwise a ValueError naming the chapter parameter SCALE."""
     if scale not in SCALES:
-        raise ValueError(f"SCALE must be \"demo\" (offline, CPU: EfficientNet-Lite0 on photos shipped in wheels) or "
-                         f"\"paper\" (PVGG16 and PEfficientNetB0 on Imagenette or your ImageNet, on a GPU), got {scale!r}")
+        raise ValueError(f"SCALE must be \"demo\" (offline, CPU: EfficientNet-Lite0 on photos shipped in wheels) "
+                         f"or \"paper\" (PVGG16 and PEfficientNetB0 on Imagenette or your ImageNet, on a GPU), "
+                         f"got {scale!r}")
     return scale
 
 
@@ -167,7 +169,8 @@ def resolve_data(data, *, download: bool = True) -> dict:
         train = _check_image_folder(root / "train") if (root / "train").is_dir() else None
         val = _check_image_folder(root / "val" if (root / "val").is_dir() else root)
     except (FileNotFoundError, ValueError) as err:
-        raise type(err)(f"DATA={str(data)!r} cannot be used: {str(err).replace('--data ', '')}. Set DATA = \"imagenette\" to download "
+        reason = str(err).replace("--data ", "")
+        raise type(err)(f"DATA={str(data)!r} cannot be used: {reason}. Set DATA = \"imagenette\" to download "
                         f"Imagenette, or the path of an ImageFolder") from err
     return {"train": train or val, "val": val}
 

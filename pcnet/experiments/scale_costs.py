@@ -37,7 +37,8 @@ def hardware(device) -> str:
         pass
     import os
 
-    return f"{model}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    threads = torch.get_num_threads()
+    return f"{model}, {os.cpu_count()} cores visible, {threads} torch threads (torch {torch.__version__})"
 
 
 def provenance(device, *, run: str) -> str:
@@ -125,8 +126,9 @@ def measure_costs(net, *, batch: int, timesteps: int, grad_timesteps: int = 2, r
 
 def runtime_rows(costs: dict, *, n_train: int, epochs: int, n_eval: int, sigmas: int, n_corrupt: int,
                  corruptions: int, severities: int, n_attack: int, eps: int, attack_steps: int,
-                 timesteps: int) -> list[dict]:
-    """Image passes of a paper-scale run times the measured per-image costs (``costs["per_image_s"]``)."""
+                 timesteps: int, batchnorm: bool = True) -> list[dict]:
+    """Image passes of a paper-scale run times the measured per-image costs (``costs["per_image_s"]``); without
+    ``batchnorm`` (VGG16) the run has no BN adaptation and TENT, so their rows are left out."""
     c = costs["per_image_s"]
     negative = {k: v for k, v in c.items() if not v >= 0}
     if negative:
@@ -136,8 +138,9 @@ def runtime_rows(costs: dict, *, n_train: int, epochs: int, n_eval: int, sigmas:
     grad_T = c["grad0"] + timesteps * c["grad_step"]
     rows = [("feedback training", epochs * n_train, c["train"]),
             ("Gaussian noise: dynamics + 3 feedback controls", n_eval * sigmas * 4, forward_T),
-            ("Gaussian noise: rescale + BN adaptation (2 passes)", n_eval * sigmas * 3, c["backbone"]),
-            ("Gaussian noise: TENT (forward-backward)", n_eval * sigmas, c["grad0"]),
+            ("Gaussian noise: rescale + BN adaptation (2 passes)", n_eval * sigmas * (3 if batchnorm else 1),
+             c["backbone"]),
+            *([("Gaussian noise: TENT (forward-backward)", n_eval * sigmas, c["grad0"])] if batchnorm else []),
             ("ImageNet-C: dynamics + 3 feedback controls", n_corrupt * corruptions * severities * 4, forward_T),
             ("attacks at t=0 (forward-backward per step)", n_attack * eps * attack_steps, c["grad0"]),
             ("attacks at t=T (forward-backward per step)", n_attack * eps * attack_steps, grad_T)]

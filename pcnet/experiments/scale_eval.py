@@ -135,9 +135,9 @@ def corruption_summary(correct: torch.Tensor) -> dict:
 def corruption_family(correct: dict, *, n_boot: int = 2000) -> list[Verdict]:
     """Holm family of paired BCa bootstrap verdicts on both mCE summaries at T (null 1 = no change) for each
     feedback of ``correct`` {feedback: (C, S, T+1, n)}."""
+    summaries = (("mCE (mean of ratios) t=T / t=0", _mce_hd), ("ratio of means t=T / t=0", _ratio_of_means))
     verdicts = [bootstrap_verdict(stat, c, contrast=f"{name}: {label}", null=1.0, higher_is_better=False, n_boot=n_boot)
-                for name, c in correct.items()
-                for label, stat in (("mCE (mean of ratios) t=T / t=0", _mce_hd), ("ratio of means t=T / t=0", _ratio_of_means))]
+                for name, c in correct.items() for label, stat in summaries]
     return holm_family(verdicts)
 
 
