@@ -112,10 +112,11 @@ def _load_or_make(folder: pathlib.Path, manifest: dict, clean, *, name, severity
 
 
 def generate_imagenet_c(val_folder, *, names=COMMON, severities=SEVERITIES, size: int = 224, seed: int = 0,
-                        limit: int | None = None, cache_dir=None, progress: bool = True) -> dict:
+                        limit: int | None = None, indices=None, cache_dir=None, progress: bool = True) -> dict:
     """ImageNet-C corruptions of the resized, centre-cropped images of ``val_folder`` (an ImageFolder), made once.
 
-    Returns {(name, severity): GeneratedImageNetC}. ``limit`` keeps the first images (a fixed subset). A cached
+    Returns {(name, severity): GeneratedImageNetC}. ``limit`` keeps the first images (a fixed subset), ``indices``
+    these images of the folder (e.g. a class-mixed random subset; applied before ``limit``). A cached
     file whose sha256 differs from the manifest is regenerated.
     """
     from torchvision import transforms
@@ -126,6 +127,8 @@ def generate_imagenet_c(val_folder, *, names=COMMON, severities=SEVERITIES, size
     to_uint8 = transforms.Compose([transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size),
                                    transforms.PILToTensor()])
     dataset = image_folder(val_folder, transform=to_uint8)
+    if indices is not None:
+        dataset.samples = [dataset.samples[int(i)] for i in indices]
     if limit is not None:
         dataset.samples = dataset.samples[:limit]
     bad = [n for n in names if n not in COMMON] + [s for s in severities if s not in SEVERITIES]

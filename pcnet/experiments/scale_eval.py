@@ -1,0 +1,198 @@
+"""Chapter 7's evaluations of an ImageNet PredNet: per-timestep accuracy under Gaussian noise beside the feedback
+controls and the test-time baselines, ImageNet-C (mCE both ways), and adaptive attacks; their verdicts.
+
+Every function keeps per-image correctness, so each verdict is a paired test over images
+(:mod:`pcnet.experiments.verdicts`). Methods and their shapes (``T`` the horizon, ``n`` the images):
+
+* ``dynamics``: the predictive-coding dynamics, (T+1, n); ``zero``, ``shuffled``, ``mean``: the same dynamics
+  with the prediction replaced by zero, by another image's prediction, by the batch-mean prediction (same
+  beta, lam, alpha; :meth:`pcnet.PredNet.run`), (T+1, n);
+* ``rescale``: one feedforward pass with each PCoder's output scaled by beta / (beta + lam), (1, n);
+* ``BN adaptation``, ``TENT`` (online): the backbone adapted at test time (:mod:`pcnet.experiments.tta`), (1, n).
+
+Nothing runs at import.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import tta
+from .evaluate import correct_of, evaluate_dynamics, gaussian_noise
+from .verdicts import Verdict, bootstrap_verdict, holm_family, paired_proportions
+
+__all__ = ["FEEDBACKS", "noise_study", "noise_family", "accuracy_table", "corruption_correct", "corruption_summary",
+           "corruption_family", "attack_study", "attack_family", "plot_noise"]
+
+FEEDBACKS = {"dynamics": "prediction", "zero": "zero", "shuffled": "shuffled", "mean": "mean"}
+TTA = {"BN adaptation": lambda backbone: tta.BNAdapt(backbone), "TENT": lambda backbone: tta.Tent(backbone)}
+
+
+def _has_batchnorm(module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _rescale(net) -> torch.Tensor:
+    """beta / (beta + lam) per PCoder: the fixed point of the zero-prediction control (eq. eq-fixed-point)."""
+    h = net.hparams()
+    return h["beta"] / (h["beta"] + h["lam"])  # (N,)
+
+
+def _corrupt(sigma: float):
+    return None if sigma == 0 else functools.partial(gaussian_noise, sigma=sigma)
+
+
+def noise_study(net, data: Dataset, *, sigmas, timesteps: int, batch_size: int, seed: int = 0, tta_methods=(),
+                progress: bool = True) -> dict:
+    """Per-image correctness {sigma: {method: bool (T+1 or 1, n)}} on ``data`` (images in [0, 1], labels in the
+    network's classes) under N(0, sigma^2) pixel noise. Every method sees the same noisy images (one noise stream,
+    seeded by ``seed``, in the same batches), so all comparisons are paired. ``tta_methods``: names of ``TTA``;
+    skipped (with a note in ``result["skipped"]``) when the backbone has no BatchNorm (VGG16)."""
+    import pcnet
+
+    unknown = [m for m in tta_methods if m not in TTA]
+    if unknown:
+        raise ValueError(f"tta_methods may contain {list(TTA)}, got {unknown}")
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    skipped = [] if _has_batchnorm(net.backbone) else list(tta_methods)
+    out = {"sigmas": list(sigmas), "timesteps": timesteps, "n": len(data), "batch_size": batch_size,
+           "skipped": {m: "the backbone has no BatchNorm layer" for m in skipped}, "correct": {}}
+    scale = _rescale(net)
+    for sigma in sigmas:
+        corrupt, row = _corrupt(sigma), {}
+        for name, feedback in FEEDBACKS.items():
+            row[name] = evaluate_dynamics(net, loader, timesteps=timesteps, corrupt=corrupt, feedback=feedback,
+                                          seed=seed, progress=progress).correct  # (T+1, n)
+        row["rescale"] = correct_of(lambda x: pcnet.rescaled_forward(net, x, scale=scale), loader, corrupt=corrupt,
+                                    seed=seed, device=next(net.parameters()).device, progress=progress)[None]  # (1, n)
+        for name in tta_methods:
+            if name not in skipped:  # a fresh copy of the source model for every noise level
+                row[name] = correct_of(TTA[name](net.backbone), loader, corrupt=corrupt, seed=seed, progress=progress,
+                                       device=next(net.parameters()).device)[None]  # (1, n)
+        out["correct"][sigma] = row
+    return out
+
+
+def accuracy_table(study: dict):
+    """Accuracy (%) per noise level and method at t = 0, 1, ..., T (single-pass methods: one value)."""
+    import pandas as pd
+
+    rows = []
+    for sigma, row in study["correct"].items():
+        for name, c in row.items():
+            acc = 100 * c.float().mean(-1)  # (T+1,) or (1,)
+            rows.append({"sigma": sigma, "method": name, **{f"t={t}": round(float(a), 1) for t, a in enumerate(acc)}})
+    return pd.DataFrame(rows).set_index(["sigma", "method"])
+
+
+def noise_family(study: dict) -> list[Verdict]:
+    """One Holm family over every noise level: dynamics at T vs t = 0, and vs each control and baseline."""
+    verdicts = []
+    for sigma, row in study["correct"].items():
+        dyn = row["dynamics"]
+        verdicts.append(paired_proportions(dyn[-1], dyn[0], contrast=f"σ={sigma}: dynamics t=T − t=0"))
+        for name, c in row.items():
+            if name != "dynamics":
+                verdicts.append(paired_proportions(dyn[-1], c[-1], contrast=f"σ={sigma}: dynamics − {name} (t=T)"))
+    return holm_family(verdicts)
+
+
+def corruption_correct(net, sets: dict, *, timesteps: int, batch_size: int, feedback: str = "prediction",
+                       progress: bool = True) -> torch.Tensor:
+    """Per-image correctness (C, S, T+1, n) on {(corruption, severity): dataset} (all sets on the same images)."""
+    names = list(dict.fromkeys(c for c, _ in sets))
+    severities = list(dict.fromkeys(s for _, s in sets))
+    rows = [torch.stack([evaluate_dynamics(net, DataLoader(sets[c, s], batch_size=batch_size), timesteps=timesteps,
+                                           feedback=feedback, progress=progress).correct for s in severities])
+            for c in names]  # each (S, T+1, n)
+    return torch.stack(rows)  # (C, S, T+1, n)
+
+
+def _mce_hd(correct: torch.Tensor) -> torch.Tensor:
+    """Hendrycks & Dietterich's mCE at T over t = 0: mean_c CE_c(T) / CE_c(0); (..., C, S, T+1, n) -> (...)."""
+    from .metrics import normalised_ce
+
+    return normalised_ce(correct.float().mean(-1))[..., -1].mean(-1)
+
+
+def _ratio_of_means(correct: torch.Tensor) -> torch.Tensor:
+    """Predify's ratio of means mCE(T) / mCE(0); (..., C, S, T+1, n) -> (...)."""
+    from .metrics import normalised_mce
+
+    return normalised_mce(correct.float().mean(-1))[..., -1]
+
+
+def corruption_summary(correct: torch.Tensor) -> dict:
+    """Both normalised mCE curves over t (each (T+1,)) from correctness (C, S, T+1, n)."""
+    from .metrics import normalised_ce, normalised_mce
+
+    acc = correct.float().mean(-1)  # (C, S, T+1)
+    return {"mCE (mean of ratios)": normalised_ce(acc).mean(-2), "ratio of means": normalised_mce(acc)}
+
+
+def corruption_family(correct: dict, *, n_boot: int = 2000) -> list[Verdict]:
+    """Holm family of paired BCa bootstrap verdicts on both mCE summaries at T (null 1 = no change) for each
+    feedback of ``correct`` {feedback: (C, S, T+1, n)}."""
+    summaries = (("mCE (mean of ratios) t=T / t=0", _mce_hd), ("ratio of means t=T / t=0", _ratio_of_means))
+    verdicts = [bootstrap_verdict(stat, c, contrast=f"{name}: {label}", null=1.0, higher_is_better=False, n_boot=n_boot)
+                for name, c in correct.items() for label, stat in summaries]
+    return holm_family(verdicts)
+
+
+def attack_study(net, images: torch.Tensor, labels: torch.Tensor, *, eps, timesteps: int, steps: int,
+                 batch_size: int, attack: str = "apgd-ce", seed: int = 0) -> dict:
+    """Robust correctness {eps: {"t=0": (n,), "t=T": (n,)}} under ``attack`` (white-box: the gradient runs
+    through the whole unrolled dynamics) at each L-inf budget of ``eps`` (in [0, 1] pixel units)."""
+    from .attacks import TimestepLogits, attack_correct, check_perturbation, make_attack
+
+    out = {"eps": list(eps), "n": len(labels), "attack": attack, "steps": steps, "correct": {}}
+    for e in eps:
+        row = {}
+        for t in (0, timesteps):
+            model = TimestepLogits(net, timestep=t, gradient="full")
+            correct, adv = attack_correct(model, make_attack(attack, model, eps=e, steps=steps, seed=seed), images,
+                                          labels, batch_size=batch_size)
+            check_perturbation(images, adv, eps=e, norm="Linf")
+            row["t=0" if t == 0 else "t=T"] = correct  # (n,)
+        out["correct"][e] = row
+    return out
+
+
+def attack_family(study: dict) -> list[Verdict]:
+    """Holm family over the budgets: robust accuracy at t = T minus at t = 0 (exact McNemar, Newcombe)."""
+    return holm_family([paired_proportions(row["t=T"], row["t=0"], contrast=f"ε={e * 255:.0f}/255: t=T − t=0")
+                        for e, row in study["correct"].items()])
+
+
+def plot_noise(study: dict, *, title: str = ""):
+    """Accuracy over timesteps, one panel per noise level (at most 3 a row): the dynamics, the three feedback
+    controls, and the single-pass methods as horizontal lines."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import MAX_WIDTH, color
+
+    sigmas = list(study["correct"])
+    cols = min(3, len(sigmas))
+    rows = -(-len(sigmas) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(MAX_WIDTH, 2.6 * rows + 0.6), squeeze=False, sharey=True)
+    styles = {"dynamics": dict(color=color("pcnet"), lw=2), "zero": dict(color=color("zero")),
+              "shuffled": dict(color=color("feedback"), ls="--"), "mean": dict(color=color("memory"), ls=":")}
+    for ax, sigma in zip(axes.flat, sigmas):
+        for name, c in study["correct"][sigma].items():
+            acc = 100 * c.float().mean(-1)  # (T+1,) or (1,)
+            if name in styles:
+                ax.plot(range(len(acc)), acc, label=name, **styles[name])
+            else:
+                ax.axhline(float(acc[0]), label=name, lw=1, ls="-." if name == "rescale" else (0, (1, 1)),
+                           color=color("rescaled") if name == "rescale" else None)
+        ax.set(title=f"σ = {sigma}", xlabel="timestep t")
+    for ax in list(axes.flat)[len(sigmas):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("top-1 accuracy (%)")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
