@@ -1,9 +1,13 @@
-"""Benchmark: cost of one timestep of the dynamics relative to one feedforward pass (fast mode, CPU).
+"""Benchmark: cost of one timestep of the dynamics relative to one feedforward pass (fast mode).
 
-    python scripts/bench_dynamics.py [--threads 2] [--repeats 9] [--which shallow vgg16] [--profile]
+    python scripts/bench_dynamics.py [--threads 2] [--repeats 9] [--which shallow vgg16 effnetb0] [--profile]
+    python scripts/bench_dynamics.py --device cuda --amp --which vgg16 effnetb0 --batch 64   # on a GPU
 
 (a) the shallow CIFAR network of the Predify follow-up (batch 128, 32x32, T=10);
-(b) PVGG16 with the paper's decoders (batch 2, 224x224, T=3).
+(b) PVGG16 with the paper's decoders (batch 2 on the CPU, 64 on a GPU; 224x224, T=3);
+(c) PEfficientNetB0 (torchvision B0) with the authors' PCoder positions and decoders (batch 8 / 64, T=3).
+Untrained weights (costs do not depend on them). ``--device cuda`` synchronises the GPU around every timed call;
+``--amp`` runs under bf16 autocast (``pcnet.experiments.devices.autocast``); ``--batch`` overrides the batches.
 Per-timestep cost = (time of T steps - time of the t=0 pass) / T, divided by the backbone's own forward
 time; "first call" = extra time of the first call after construction beyond a warm call of the same size.
 Backbone, t=0 and T-step runs take turns within each repeat (a slow spell of a shared machine hits all three).
@@ -16,14 +20,18 @@ import platform
 import statistics
 import time
 
+import contextlib
+
 import torch
 
 from pcnet import decoders as dec
 from pcnet import wiring
+from pcnet.experiments import devices
 from pcnet.experiments import models as presets
 
 
 CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (robust when other jobs share the cores)
+SYNC = lambda: None  # --device cuda: torch.cuda.synchronize, so a timed call includes its GPU work
 
 
 def timed(fn, *, repeats: int) -> float:
@@ -37,8 +45,10 @@ def timed_together(fns, *, repeats: int) -> list[float]:
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, row in zip(fns, times):
+            SYNC()
             start = CLOCK()
             fn()
+            SYNC()
             row.append(CLOCK() - start)
     return [statistics.median(row) for row in times]
 
@@ -91,14 +101,22 @@ def suffix_macs(suffix, h: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def bench(name, build, *, batch, timesteps, repeats, profile=False):
+def bench(name, build, *, batch, timesteps, repeats, profile=False, device="cpu", amp=False):
     torch.manual_seed(0)
     start = CLOCK()
-    net = build()
+    net = build().to(device)
     construct = CLOCK() - start
-    x = torch.rand(batch, *net.input_shape)  # (B, C, H, W)
+    x = torch.rand(batch, *net.input_shape, device=device)  # (B, C, H, W)
+    with devices.autocast(device, "bf16") if amp else contextlib.nullcontext():
+        return _bench_runs(name, net, x, timesteps=timesteps, repeats=repeats, profile=profile, construct=construct)
+
+
+def _bench_runs(name, net, x, *, timesteps, repeats, profile, construct):
+    batch = x.shape[0]
+    SYNC()
     start = CLOCK()
     net(x, timesteps=1)
+    SYNC()
     first = CLOCK() - start
     warm_one = timed(lambda: net(x, timesteps=1), repeats=repeats)
     backbone, t0, full = timed_together([lambda: net.backbone(x), lambda: net(x, timesteps=0),
@@ -108,7 +126,8 @@ def bench(name, build, *, batch, timesteps, repeats, profile=False):
     backbone_macs = conv_macs(net.backbone, x)
     decoder_macs = sum(conv_macs(d, s) for d, s in zip(net.decoders, states))
     executed_macs = sum(executed_decoder_macs(d, s) for d, s in zip(net.decoders, states))
-    print(f"[{name}] batch {batch}, input {net.input_shape}, T={timesteps}, repeats {repeats}")
+    print(f"[{name}] batch {batch}, input {net.input_shape}, T={timesteps}, repeats {repeats}, {x.device}, "
+          f"{'bf16 autocast' if torch.is_autocast_enabled(x.device.type) else 'fp32'}")
     print(f"  construction (probe, decoders, exact projective fields): {construct:.3f} s")
     print(f"  backbone forward: {backbone * 1e3:.1f} ms; t=0 pass through pcnet: {t0 * 1e3:.1f} ms")
     print(f"  T={timesteps} run: {full * 1e3:.1f} ms; per timestep: {per_step * 1e3:.1f} ms "
@@ -134,19 +153,29 @@ def main(argv=None):
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or process CPU time summed over threads (robust under contention)")
     parser.add_argument("--profile", action="store_true", help="print the operators of one run, by self CPU time")
-    parser.add_argument("--which", nargs="+", default=["shallow", "vgg16"], choices=["shallow", "vgg16"])
+    parser.add_argument("--which", nargs="+", default=["shallow", "vgg16"], choices=["shallow", "vgg16", "effnetb0"])
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--batch", type=int, default=None, help="batch of every network (default: per network)")
     args = parser.parse_args(argv)
+    device = devices.resolve(args.device, name="--device")
     torch.set_num_threads(args.threads)
-    global CLOCK
+    global CLOCK, SYNC
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if device.type == "cuda":
+        SYNC = torch.cuda.synchronize
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
     print(f"clock: {args.clock}; torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"{platform.python_version()}")
-    if "shallow" in args.which:
-        bench("shallow CIFAR net", lambda: presets.pshallow_cifar(beta=0.8, lam=0.1, alpha=0.01),
-              batch=128, timesteps=10, repeats=args.repeats, profile=args.profile)
-    if "vgg16" in args.which:
-        bench("PVGG16", lambda: presets.pvgg16(beta=0.8, lam=0.1, alpha=0.01),
-              batch=2, timesteps=3, repeats=max(1, args.repeats // 2), profile=args.profile)
+          f"{gpu}, {platform.python_version()}")
+    runs = {"shallow": ("shallow CIFAR net", lambda: presets.pshallow_cifar(beta=0.8, lam=0.1, alpha=0.01), 128, 10),
+            "vgg16": ("PVGG16", lambda: presets.pvgg16(beta=0.8, lam=0.1, alpha=0.01), 2, 3),
+            "effnetb0": ("PEfficientNetB0", lambda: presets.pefficientnet_b0(backend="torchvision"), 8, 3)}
+    for key in args.which:
+        name, build, batch, timesteps = runs[key]
+        if device.type == "cuda" and key != "shallow":
+            batch = 64
+        bench(name, build, batch=args.batch or batch, timesteps=timesteps, device=device, amp=args.amp,
+              repeats=args.repeats if key == "shallow" else max(1, args.repeats // 2), profile=args.profile)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,17 @@ def test_benchmark_counts_the_macs_a_timestep_runs():
         assert sum(bench_dynamics.executed_decoder_macs(d, s) for d, s in zip(net.decoders, states)) == expected
 
 
+def test_benchmark_runs_under_bf16_autocast(capsys, one_thread):
+    import bench_dynamics
+    ratio = bench_dynamics.bench("shallow", lambda: presets.pshallow_cifar(), batch=4, timesteps=2, repeats=1,
+                                 device="cpu", amp=True)
+    out = capsys.readouterr().out
+    assert "bf16 autocast" in out and "cpu" in out and ratio == ratio and ratio > 0  # a finite, positive cost
+    if not torch.cuda.is_available():  # asking for a GPU that is not there: the error names the option
+        with pytest.raises(ValueError, match="--device"):
+            bench_dynamics.main(["--device", "cuda", "--which", "shallow"])
+
+
 @pytest.mark.parametrize("build", [lambda: presets.pvgg16(image_size=32), lambda: presets.pefficientnet_b0(image_size=32),
                                    lambda: presets.presnet18(image_size=32)], ids=["vgg16", "efficientnet_b0", "resnet18"])
 def test_fast_path_equals_differentiable_path_on_the_presets(build):
