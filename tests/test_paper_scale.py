@@ -63,9 +63,18 @@ def test_paper_path_end_to_end(preset, folder, tmp_path, one_thread):
     assert set(y) <= set(IMAGENETTE_IMAGENET_INDEX)
     assert torch.equal(noise["correct"][0.0]["dynamics"][0], backbone_correct)
     assert out["corruptions"]["dynamics"].shape == (1, 1, T + 1, 4)
-    assert set(out["corruptions"]) == set(scale_eval.FEEDBACKS)
+    if preset == "pvgg16":
+        assert set(out["corruptions"]) == set(scale_eval.FEEDBACKS)
+    else:  # BN adaptation and TENT on ImageNet-C, stacked after the backbone (t=0 of the dynamics)
+        assert set(out["corruptions"]) == set(scale_eval.FEEDBACKS) | tta
+        for name in tta:
+            assert out["corruptions"][name].shape == (1, 1, 2, 4)
+            assert torch.equal(out["corruptions"][name][:, :, 0], out["corruptions"]["dynamics"][:, :, 0])
     attacks = out["attacks"]["correct"][1 / 255]
-    assert set(attacks) == {"t=0", "t=T"} and attacks["t=0"].shape == (2,)
+    assert set(attacks) == {"t=0", "t=T", "per_attack"} and attacks["t=0"].shape == (2,)
+    assert set(attacks["per_attack"]) == {"apgd-ce", "apgd-dlr"}
+    for t in ("t=0", "t=T"):  # robust = no attack succeeded
+        assert torch.equal(attacks[t], attacks["per_attack"]["apgd-ce"][t] & attacks["per_attack"]["apgd-dlr"][t])
     assert [v.contrast for v in scale_eval.attack_family(out["attacks"])] == ["ε=1/255: t=T − t=0"]
 
 
@@ -141,9 +150,12 @@ def test_runtime_table_is_passes_times_measured_costs(one_thread):
     assert rows["feedback training"]["image passes"] == 20 and rows["feedback training"]["s per pass"] == 3.0
     assert rows["Gaussian noise: dynamics + 3 feedback controls"]["s per pass"] == 1.0 + 10 * 2.0
     assert rows["ImageNet-C: dynamics + 3 feedback controls"]["image passes"] == 3 * 2 * 5 * 4
-    assert rows["attacks at t=T (forward-backward per step)"]["hours"] == pytest.approx(4 * 3 * 7 * (4 + 10 * 5) / 3600)
+    # two attacks (APGD-CE, APGD-DLR) x 4 images x 3 budgets x 7 steps, each a forward-backward through T = 10 steps
+    assert rows["attacks at t=T (forward-backward per step)"]["hours"] == pytest.approx(2 * 4 * 3 * 7 * (4 + 10 * 5) / 3600)
+    assert rows["ImageNet-C: TENT (forward-backward)"]["image passes"] == 3 * 2 * 5
     no_bn = {r["task"]: r for r in scale_costs.runtime_rows(costs, batchnorm=False, **plan)}
     assert "Gaussian noise: TENT (forward-backward)" not in no_bn  # VGG16: no BN adaptation, no TENT
+    assert "ImageNet-C: TENT (forward-backward)" not in no_bn
     assert no_bn["Gaussian noise: rescale + BN adaptation (2 passes)"]["image passes"] == 5 * 2
     assert rows["Gaussian noise: rescale + BN adaptation (2 passes)"]["image passes"] == 5 * 2 * 3
     table = scale_costs.runtime_table(costs, **plan)

@@ -126,9 +126,10 @@ def measure_costs(net, *, batch: int, timesteps: int, grad_timesteps: int = 2, r
 
 def runtime_rows(costs: dict, *, n_train: int, epochs: int, n_eval: int, sigmas: int, n_corrupt: int,
                  corruptions: int, severities: int, n_attack: int, eps: int, attack_steps: int,
-                 timesteps: int, batchnorm: bool = True) -> list[dict]:
+                 timesteps: int, batchnorm: bool = True, attacks: int = 2) -> list[dict]:
     """Image passes of a paper-scale run times the measured per-image costs (``costs["per_image_s"]``); without
-    ``batchnorm`` (VGG16) the run has no BN adaptation and TENT, so their rows are left out."""
+    ``batchnorm`` (VGG16) the run has no BN adaptation and TENT, so their rows are left out. ``attacks``: how many
+    gradient attacks run at every budget (APGD-CE and APGD-DLR by default)."""
     c = costs["per_image_s"]
     negative = {k: v for k, v in c.items() if not v >= 0}
     if negative:
@@ -142,8 +143,11 @@ def runtime_rows(costs: dict, *, n_train: int, epochs: int, n_eval: int, sigmas:
              c["backbone"]),
             *([("Gaussian noise: TENT (forward-backward)", n_eval * sigmas, c["grad0"])] if batchnorm else []),
             ("ImageNet-C: dynamics + 3 feedback controls", n_corrupt * corruptions * severities * 4, forward_T),
-            ("attacks at t=0 (forward-backward per step)", n_attack * eps * attack_steps, c["grad0"]),
-            ("attacks at t=T (forward-backward per step)", n_attack * eps * attack_steps, grad_T)]
+            *([("ImageNet-C: backbone + BN adaptation (3 passes)", n_corrupt * corruptions * severities * 3,
+                c["backbone"]), ("ImageNet-C: TENT (forward-backward)", n_corrupt * corruptions * severities,
+                                 c["grad0"])] if batchnorm else []),
+            ("attacks at t=0 (forward-backward per step)", attacks * n_attack * eps * attack_steps, c["grad0"]),
+            ("attacks at t=T (forward-backward per step)", attacks * n_attack * eps * attack_steps, grad_T)]
     return [{"task": task, "image passes": passes, "s per pass": cost, "hours": passes * cost / 3600}
             for task, passes, cost in rows]
 

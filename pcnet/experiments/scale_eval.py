@@ -23,8 +23,8 @@ from . import tta
 from .evaluate import correct_of, evaluate_dynamics, gaussian_noise
 from .verdicts import Verdict, bootstrap_verdict, holm_family, paired_proportions
 
-__all__ = ["FEEDBACKS", "noise_study", "noise_family", "accuracy_table", "corruption_correct", "corruption_summary",
-           "corruption_family", "attack_study", "attack_family", "plot_noise"]
+__all__ = ["FEEDBACKS", "noise_study", "noise_family", "accuracy_table", "corruption_correct", "tta_corruption_correct",
+           "corruption_summary", "corruption_family", "attack_study", "attack_family", "plot_noise"]
 
 FEEDBACKS = {"dynamics": "prediction", "zero": "zero", "shuffled": "shuffled", "mean": "mean"}
 TTA = {"BN adaptation": lambda backbone: tta.BNAdapt(backbone), "TENT": lambda backbone: tta.Tent(backbone)}
@@ -110,6 +110,30 @@ def corruption_correct(net, sets: dict, *, timesteps: int, batch_size: int, feed
     return torch.stack(rows)  # (C, S, T+1, n)
 
 
+def tta_corruption_correct(net, sets: dict, *, method: str, batch_size: int, seed: int = 0,
+                           progress: bool = True) -> torch.Tensor:
+    """Per-image correctness (C, S, 2, n) of a test-time baseline (a name of ``TTA``) on the sets of
+    :func:`corruption_correct`, stacked after the backbone's (index 0 = the backbone at t = 0, 1 = the baseline), so
+    :func:`corruption_family` normalises it by the backbone. Each corruption x severity starts from a fresh copy of
+    the source model and sees the images in one seeded random order (class-mixed batches; TENT runs online)."""
+    from torch.utils.data import Subset
+
+    names = list(dict.fromkeys(c for c, _ in sets))
+    severities = list(dict.fromkeys(s for _, s in sets))
+    device = next(net.parameters()).device
+    rows = []
+    for c in names:
+        for s in severities:
+            order = torch.randperm(len(sets[c, s]), generator=torch.Generator().manual_seed(seed))  # (n,)
+            loader = DataLoader(Subset(sets[c, s], order.tolist()), batch_size=batch_size)
+            shuffled = torch.stack([correct_of(net.backbone, loader, device=device, progress=progress),
+                                    correct_of(TTA[method](net.backbone), loader, device=device, progress=progress)])
+            correct = torch.empty_like(shuffled)  # (2, n)
+            correct[:, order] = shuffled  # back to the sets' order
+            rows.append(correct)
+    return torch.stack(rows).reshape(len(names), len(severities), 2, -1)  # (C, S, 2, n)
+
+
 def _mce_hd(correct: torch.Tensor) -> torch.Tensor:
     """Hendrycks & Dietterich's mCE at T over t = 0: mean_c CE_c(T) / CE_c(0); (..., C, S, T+1, n) -> (...)."""
     from .metrics import normalised_ce
@@ -136,27 +160,34 @@ def corruption_family(correct: dict, *, n_boot: int = 2000) -> list[Verdict]:
     """Holm family of paired BCa bootstrap verdicts on both mCE summaries at T (null 1 = no change) for each
     feedback of ``correct`` {feedback: (C, S, T+1, n)}."""
     summaries = (("mCE (mean of ratios) t=T / t=0", _mce_hd), ("ratio of means t=T / t=0", _ratio_of_means))
-    verdicts = [bootstrap_verdict(stat, c, contrast=f"{name}: {label}", null=1.0, higher_is_better=False, n_boot=n_boot)
-                for name, c in correct.items() for label, stat in summaries]
+    def contrast(name, label):  # a test-time baseline's two rows are (backbone, baseline): "/ backbone"
+        return f"{name}: {label if name in FEEDBACKS else label.replace('t=T / t=0', '/ backbone')}"
+    verdicts = [bootstrap_verdict(stat, c, contrast=contrast(name, label), null=1.0, higher_is_better=False,
+                                  n_boot=n_boot) for name, c in correct.items() for label, stat in summaries]
     return holm_family(verdicts)
 
 
 def attack_study(net, images: torch.Tensor, labels: torch.Tensor, *, eps, timesteps: int, steps: int,
-                 batch_size: int, attack: str = "apgd-ce", seed: int = 0) -> dict:
-    """Robust correctness {eps: {"t=0": (n,), "t=T": (n,)}} under ``attack`` (white-box: the gradient runs
-    through the whole unrolled dynamics) at each L-inf budget of ``eps`` (in [0, 1] pixel units)."""
+                 batch_size: int, attacks=("apgd-ce", "apgd-dlr"), seed: int = 0) -> dict:
+    """Robust correctness {eps: {"t=0": (n,), "t=T": (n,), "per_attack": {attack: {"t=0", "t=T"}}}} at each
+    L-inf budget of ``eps`` (in [0, 1] pixel units): "t=0" / "t=T" are the worst case over ``attacks`` (an image
+    counts as robust only if every attack fails on it). White-box: the gradient runs through the whole unrolled
+    dynamics."""
     from .attacks import TimestepLogits, attack_correct, check_perturbation, make_attack
 
-    out = {"eps": list(eps), "n": len(labels), "attack": attack, "steps": steps, "correct": {}}
+    out = {"eps": list(eps), "n": len(labels), "attacks": list(attacks), "steps": steps, "correct": {}}
     for e in eps:
-        row = {}
-        for t in (0, timesteps):
-            model = TimestepLogits(net, timestep=t, gradient="full")
-            correct, adv = attack_correct(model, make_attack(attack, model, eps=e, steps=steps, seed=seed), images,
-                                          labels, batch_size=batch_size)
-            check_perturbation(images, adv, eps=e, norm="Linf")
-            row["t=0" if t == 0 else "t=T"] = correct  # (n,)
-        out["correct"][e] = row
+        per_attack = {}
+        for attack in attacks:
+            per_attack[attack] = {}
+            for t in (0, timesteps):
+                model = TimestepLogits(net, timestep=t, gradient="full")
+                correct, adv = attack_correct(model, make_attack(attack, model, eps=e, steps=steps, seed=seed),
+                                              images, labels, batch_size=batch_size)
+                check_perturbation(images, adv, eps=e, norm="Linf")
+                per_attack[attack]["t=0" if t == 0 else "t=T"] = correct  # (n,)
+        worst = {k: torch.stack([r[k] for r in per_attack.values()]).all(0) for k in ("t=0", "t=T")}  # (n,)
+        out["correct"][e] = {**worst, "per_attack": per_attack}
     return out
 
 
