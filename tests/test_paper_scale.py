@@ -64,12 +64,14 @@ def test_paper_path_end_to_end(preset, folder, tmp_path, one_thread):
     assert torch.equal(noise["correct"][0.0]["dynamics"][0], backbone_correct)
     assert out["corruptions"]["dynamics"].shape == (1, 1, T + 1, 4)
     if preset == "pvgg16":
-        assert set(out["corruptions"]) == set(scale_eval.FEEDBACKS)
-    else:  # BN adaptation and TENT on ImageNet-C, stacked after the backbone (t=0 of the dynamics)
-        assert set(out["corruptions"]) == set(scale_eval.FEEDBACKS) | tta
-        for name in tta:
-            assert out["corruptions"][name].shape == (1, 1, 2, 4)
-            assert torch.equal(out["corruptions"][name][:, :, 0], out["corruptions"]["dynamics"][:, :, 0])
+        assert set(out["corruptions"]) == set(scale_eval.FEEDBACKS) | {"rescale"}
+    else:  # rescale, BN adaptation and TENT on ImageNet-C, stacked after the backbone (t=0 of the dynamics)
+        assert set(out["corruptions"]) == set(scale_eval.FEEDBACKS) | tta | {"rescale"}
+    for name in (tta | {"rescale"}) & set(out["corruptions"]):
+        assert out["corruptions"][name].shape == (1, 1, 2, 4)
+        assert torch.equal(out["corruptions"][name][:, :, 0], out["corruptions"]["dynamics"][:, :, 0])
+    with pytest.raises(ValueError, match="method must be one of"):
+        scale_eval.tta_corruption_correct(net, {}, method="tent", batch_size=2)
     attacks = out["attacks"]["correct"][1 / 255]
     assert set(attacks) == {"t=0", "t=T", "per_attack"} and attacks["t=0"].shape == (2,)
     assert set(attacks["per_attack"]) == {"apgd-ce", "apgd-dlr"}
@@ -153,9 +155,12 @@ def test_runtime_table_is_passes_times_measured_costs(one_thread):
     # two attacks (APGD-CE, APGD-DLR) x 4 images x 3 budgets x 7 steps, each a forward-backward through T = 10 steps
     assert rows["attacks at t=T (forward-backward per step)"]["hours"] == pytest.approx(2 * 4 * 3 * 7 * (4 + 10 * 5) / 3600)
     assert rows["ImageNet-C: TENT (forward-backward)"]["image passes"] == 3 * 2 * 5
+    # backbone-cost passes per image: rescale + its backbone reference (2), BN adaptation (2) + its reference (1)
+    assert rows["ImageNet-C: rescale, BN adaptation and their backbone references"]["image passes"] == 3 * 2 * 5 * 5
     no_bn = {r["task"]: r for r in scale_costs.runtime_rows(costs, batchnorm=False, **plan)}
     assert "Gaussian noise: TENT (forward-backward)" not in no_bn  # VGG16: no BN adaptation, no TENT
     assert "ImageNet-C: TENT (forward-backward)" not in no_bn
+    assert no_bn["ImageNet-C: rescale, BN adaptation and their backbone references"]["image passes"] == 3 * 2 * 5 * 2
     assert no_bn["Gaussian noise: rescale + BN adaptation (2 passes)"]["image passes"] == 5 * 2
     assert rows["Gaussian noise: rescale + BN adaptation (2 passes)"]["image passes"] == 5 * 2 * 3
     table = scale_costs.runtime_table(costs, **plan)

@@ -237,10 +237,9 @@ def run_paper(preset: str, *, data, weights, feedback, device, cfg: dict, progre
     out["corruptions"] = {name: ev.corruption_correct(net, sets, timesteps=cfg["timesteps"], feedback=fb_mode,
                                                       batch_size=cfg["batch_size"], progress=progress)
                           for name, fb_mode in ev.FEEDBACKS.items()}
-    if ev._has_batchnorm(net.backbone):  # BN adaptation and TENT (VGG16 has no BatchNorm: skipped, as for noise)
-        out["corruptions"].update({name: ev.tta_corruption_correct(net, sets, method=name, batch_size=cfg["batch_size"],
-                                                                   seed=cfg["seed"], progress=progress)
-                                   for name in ev.TTA})
+    single = ("rescale", *ev.TTA) if ev._has_batchnorm(net.backbone) else ("rescale",)  # VGG16: no BatchNorm
+    out["corruptions"].update({name: ev.tta_corruption_correct(net, sets, method=name, batch_size=cfg["batch_size"],
+                                                               seed=cfg["seed"], progress=progress) for name in single})
     xs, ys = zip(*(evaluation[i] for i in range(min(cfg["n_attack"], len(evaluation)))))
     out["attacks"] = ev.attack_study(net, torch.stack(xs), torch.tensor(ys), eps=cfg["eps"], timesteps=cfg["timesteps"],
                                      steps=cfg["attack_steps"], batch_size=cfg["attack_batch"], seed=cfg["seed"])

@@ -143,9 +143,10 @@ def runtime_rows(costs: dict, *, n_train: int, epochs: int, n_eval: int, sigmas:
              c["backbone"]),
             *([("Gaussian noise: TENT (forward-backward)", n_eval * sigmas, c["grad0"])] if batchnorm else []),
             ("ImageNet-C: dynamics + 3 feedback controls", n_corrupt * corruptions * severities * 4, forward_T),
-            *([("ImageNet-C: backbone + BN adaptation (3 passes)", n_corrupt * corruptions * severities * 3,
-                c["backbone"]), ("ImageNet-C: TENT (forward-backward)", n_corrupt * corruptions * severities,
-                                 c["grad0"])] if batchnorm else []),
+            ("ImageNet-C: rescale, BN adaptation and their backbone references",
+             n_corrupt * corruptions * severities * (5 if batchnorm else 2), c["backbone"]),
+            *([("ImageNet-C: TENT (forward-backward)", n_corrupt * corruptions * severities, c["grad0"])]
+              if batchnorm else []),
             ("attacks at t=0 (forward-backward per step)", attacks * n_attack * eps * attack_steps, c["grad0"]),
             ("attacks at t=T (forward-backward per step)", attacks * n_attack * eps * attack_steps, grad_T)]
     return [{"task": task, "image passes": passes, "s per pass": cost, "hours": passes * cost / 3600}

@@ -112,11 +112,19 @@ def corruption_correct(net, sets: dict, *, timesteps: int, batch_size: int, feed
 
 def tta_corruption_correct(net, sets: dict, *, method: str, batch_size: int, seed: int = 0,
                            progress: bool = True) -> torch.Tensor:
-    """Per-image correctness (C, S, 2, n) of a test-time baseline (a name of ``TTA``) on the sets of
-    :func:`corruption_correct`, stacked after the backbone's (index 0 = the backbone at t = 0, 1 = the baseline), so
-    :func:`corruption_family` normalises it by the backbone. Each corruption x severity starts from a fresh copy of
-    the source model and sees the images in one seeded random order (class-mixed batches; TENT runs online)."""
+    """Per-image correctness (C, S, 2, n) of a single-pass method — a test-time baseline (a name of ``TTA``) or
+    ``"rescale"`` — on the sets of :func:`corruption_correct`, stacked after the backbone's (index 0 = the backbone
+    at t = 0, 1 = the method), so :func:`corruption_family` normalises it by the backbone. Each corruption x
+    severity starts from a fresh copy of the source model and sees the images in one seeded random order
+    (class-mixed batches; TENT runs online)."""
+    import pcnet
     from torch.utils.data import Subset
+
+    if method not in (*TTA, "rescale"):
+        raise ValueError(f"method must be one of {[*TTA, 'rescale']}, got {method!r}")
+    scale = _rescale(net)
+    make = (lambda: (lambda x: pcnet.rescaled_forward(net, x, scale=scale))) if method == "rescale" else \
+        (lambda: TTA[method](net.backbone))
 
     names = list(dict.fromkeys(c for c, _ in sets))
     severities = list(dict.fromkeys(s for _, s in sets))
@@ -127,7 +135,7 @@ def tta_corruption_correct(net, sets: dict, *, method: str, batch_size: int, see
             order = torch.randperm(len(sets[c, s]), generator=torch.Generator().manual_seed(seed))  # (n,)
             loader = DataLoader(Subset(sets[c, s], order.tolist()), batch_size=batch_size)
             shuffled = torch.stack([correct_of(net.backbone, loader, device=device, progress=progress),
-                                    correct_of(TTA[method](net.backbone), loader, device=device, progress=progress)])
+                                    correct_of(make(), loader, device=device, progress=progress)])
             correct = torch.empty_like(shuffled)  # (2, n)
             correct[:, order] = shuffled  # back to the sets' order
             rows.append(correct)
