@@ -13,7 +13,7 @@ import run_chapters
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHAPTER_NAMES = ["01_predictive_coding", "02_backbone", "03_feedback", "04_dynamics",
-                 "05_corruptions", "06_adversarial"]
+                 "05_corruptions", "06_adversarial", "07_paper_scale"]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 
 
@@ -55,7 +55,7 @@ def test_dependencies_declare_minimum_versions_only():
             assert "<" not in req, f"{req}: never cap torch (Colab brings its own)"
 
 
-def test_toc_lists_intro_and_the_six_chapters_in_order():
+def test_toc_lists_intro_and_the_seven_chapters_in_order():
     files = run_chapters.toc_files()
     assert files[0] == "book/intro"
     assert [f for f in files if f.startswith("book/0")] == [f"book/{n}" for n in CHAPTER_NAMES]
