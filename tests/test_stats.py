@@ -82,6 +82,17 @@ def test_paired_proportions_mde_without_discordant_images():
     assert same.effect == "none" and same.estimate == 0
 
 
+def test_null_verdict_whose_interval_excludes_any_gain_says_so():
+    # 0 vs 6 discordant of 20: the Newcombe interval lies below 0, exact McNemar p = 0.031; Holm over 3 gives > 0.05
+    cost = V.paired_proportions(*_pairs(10, 0, 6, 4), contrast="cost-side")
+    assert cost.high < 0 and cost.effect == "cost"
+    family = V.holm_family([cost, V.paired_proportions(*_pairs(10, 1, 1, 8), contrast="b"),
+                            V.paired_proportions(*_pairs(10, 2, 1, 7), contrast="c")])
+    assert family[0].p_holm > 0.05 and family[0].effect == "none"
+    assert family[0].phrase == ("no detectable effect after Holm correction, though the uncorrected interval "
+                                "excludes any gain")
+
+
 # ----------------------------------------------------------------------------- Holm
 def test_holm_matches_statsmodels():
     rng = np.random.default_rng(0)

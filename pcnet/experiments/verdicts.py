@@ -47,7 +47,10 @@ class Verdict:
         if self.effect != "none":
             return f"a {self.effect}"
         bound = self.high - self.null if self.higher_is_better else self.null - self.low
-        return f"no detectable effect: any gain is below {max(bound, 0.0):.{self.digits}f} {self.unit}".rstrip()
+        if bound <= 0:  # the interval (uncorrected) lies on the cost side, yet the decision's test does not reject
+            decision = "after Holm correction" if self.p_holm is not None else f"by the {self.test} test"
+            return f"no detectable effect {decision}, though the uncorrected interval excludes any gain"
+        return f"no detectable effect: any gain is below {bound:.{self.digits}f} {self.unit}".rstrip()
 
     def _interval(self, unit: str = "") -> str:
         return format_interval((self.estimate, self.low, self.high), digits=self.digits, signed=self.null == 0,
