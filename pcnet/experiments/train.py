@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from pcnet.experiments import devices
 
+from .early_stopping import EarlyStopping
 from .files import save_torch_atomic
 
 __all__ = [
@@ -246,7 +247,7 @@ def seeded_prednet(backbone: nn.Module, *, name: str = "fmnist_vgg", seed: int =
 
 def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, seed: int,
                    checkpoint=None, val_set=None, progress: bool = True, precision: str | None = None,
-                   run_options: dict | None = None) -> dict:
+                   run_options: dict | None = None, patience: int | None = None) -> dict:
     """Train only the decoders of PredNet `net` on eq-feedback-loss (Adam, schedule of `lr_at`); the
     backbone stays frozen in eval mode, BatchNorm running statistics included. history: `step_loss`
     (per batch and layer), `epoch_loss`, `val_loss` (per epoch and layer), `seconds`.
@@ -255,24 +256,34 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
     runs the steps under bf16 autocast (fp16 would need loss scaling: use bf16).
     A non-finite loss, gradient or weight stops training with a FloatingPointError naming the batch, and the
     decoders are put back as they were when this call started (or resumed). A `checkpoint` is resumed only
-    when the options, a sha256 of the training data and `run_options` match."""
+    when the options, a sha256 of the training data and `run_options` match.
+
+    `patience` (needs `val_set`): early stopping — stop once the summed validation loss has not improved for
+    `patience` epochs (`epochs` is then the maximum and sets the schedule) and put back the best epoch's decoders;
+    history then also holds `best_epoch` and `epochs_run`."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     import pcnet
 
     if precision not in (None, "fp32", "bf16"):
         raise ValueError(f"precision must be None, 'fp32' or 'bf16' for training, got {precision!r}")
+    if patience is not None and val_set is None:
+        raise ValueError("patience (early stopping) watches the validation loss: pass val_set too")
+    stopper = EarlyStopping(patience=patience) if patience is not None else None
     torch.manual_seed(seed)
     x, _ = as_tensors(train_set)
     device, dtype = devices.of(net)
     optimizer = torch.optim.Adam(net.decoders.parameters(), lr=lr)
     config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), data=data_fingerprint(x),
-                  **(run_options or {}))
-    start, history = _resume(checkpoint, config, {"decoders": net.decoders, "optimizer": optimizer})
+                  **(run_options or {}), **({"patience": patience} if stopper else {}))
+    modules = {"decoders": net.decoders, "optimizer": optimizer, **({"stopper": stopper} if stopper else {})}
+    start, history = _resume(checkpoint, config, modules)
     history = history or {"step_loss": [], "epoch_loss": [], "val_loss": [], "seconds": []}
     net.train()  # PredNet.train: decoders train, the backbone stays in eval mode
     total, initial = epochs * math.ceil(len(x) / batch_size), copy.deepcopy(net.decoders.state_dict())
     for epoch in range(start, epochs):
+        if stopper is not None and stopper.stop:
+            break
         t0, losses, batches = time.perf_counter(), [], _batches(len(x), batch_size, seed=seed, epoch=epoch)
         for i, index in enumerate(tqdm(batches, desc=f"feedback epoch {epoch + 1}/{epochs}", disable=not progress)):
             _set_lr(optimizer, lr_at(epoch * len(batches) + i, total, lr))  # eq-lr-schedule
@@ -288,8 +299,12 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
         history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
         history["val_loss"].append(feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
         history["seconds"].append(time.perf_counter() - t0)
-        _checkpoint(checkpoint, config=config, epoch=epoch + 1, history=history, decoders=net.decoders,
-                    optimizer=optimizer)
+        if stopper is not None:
+            stopper.update(sum(history["val_loss"][-1]), epoch=epoch + 1, module=net.decoders)
+        _checkpoint(checkpoint, config=config, epoch=epoch + 1, history=history, **modules)
+    if stopper is not None:
+        stopper.restore(net.decoders)  # the best epoch's decoders
+        history.update(best_epoch=stopper.best_epoch, epochs_run=len(history["epoch_loss"]))
     net.eval()
     return history
 
@@ -336,8 +351,9 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
 
 def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0, epochs: int,
                            batch_size: int, lr: float, val_size: int = 5000, limit: int | None = None,
-                           checkpoint=None, progress: bool = True):
-    """Predify `backbone` at FMNIST_VGG_LAYERS (decoders initialised from `seed`) and train the decoders.
+                           checkpoint=None, progress: bool = True, patience: int | None = None):
+    """Predify `backbone` at FMNIST_VGG_LAYERS (decoders initialised from `seed`) and train the decoders
+    (`patience`: early stopping on the validation split, see `train_feedback`).
 
     Returns (net, history) with history from `train_feedback` plus `train_seconds`.
     """
@@ -348,7 +364,8 @@ def reference_feedback_run(backbone, *, name: str = "fmnist_vgg", seed: int = 0,
         train, val = (torch.utils.data.Subset(s, range(min(limit, len(s)))) for s in (train, val))
     net = seeded_prednet(backbone, name=name, seed=seed)
     history = _timed(train_feedback, net, train, val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                     checkpoint=checkpoint, progress=progress, run_options=dict(name=name, val_size=val_size, limit=limit))
+                     checkpoint=checkpoint, progress=progress, run_options=dict(name=name, val_size=val_size, limit=limit),
+                     patience=patience)
     return net.eval(), history
 
 
@@ -399,13 +416,19 @@ def main(argv=None) -> None:
     for key, value in {**FEEDBACK_DEFAULTS, **BACKBONE_DEFAULTS}.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
     parser.add_argument("--limit", type=int, default=None, help="use only this many training images (tests)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="feedback: early stopping after this many epochs without a lower validation loss "
+                             "(--epochs is then the maximum); the best epoch's decoders are saved")
     args = parser.parse_args(argv)
     defaults = BACKBONE_DEFAULTS if args.what == "backbone" else FEEDBACK_DEFAULTS
     options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     options.update({"limit": args.limit} if args.limit is not None else {})
+    options.update({"patience": args.patience} if args.patience is not None else {})
     command = "python -m pcnet.experiments.train " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.what == "backbone" and args.backbone_seed is not None:
         parser.error("--backbone-seed is for `feedback`; a backbone's own seed is --seed")
+    if args.what == "backbone" and args.patience is not None:
+        parser.error("--patience (early stopping) is for `feedback`; a backbone trains for --epochs")
     backbone_seed = args.seed if args.what == "backbone" else (args.backbone_seed or 0)
     from pcnet.experiments.models import reference_weights_path
 
@@ -419,7 +442,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"{parser.prog} {args.what}: {err}\nNothing was saved.") from err
     extra = {"options": options, "load_before": load_before, "load_after": _machine_load(),
              **fingerprints,
-             **{k: history[k] for k in ("train_seconds", "test_acc") if k in history}}
+             **{k: history[k] for k in ("train_seconds", "test_acc", "best_epoch", "epochs_run") if k in history}}
     sha = save(out, command=command, seed=args.seed, extra=extra)
     save_json_result(DATA_DIR / "results" / f"{out.stem}_history.json", history, command=command,
                      seed=args.seed, extra={"weights": out.name, "weights_sha256": sha})
