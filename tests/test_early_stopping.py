@@ -5,32 +5,19 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 import pcnet
-import pcnet.experiments.data as data
-from pcnet.experiments import models, train
+from pcnet.experiments import train
 from pcnet.experiments.early_stopping import EarlyStopping
-from tiny import small_cnn
+from tiny import random_images as _images
+from tiny import same_state as _same
+from tiny import interrupted, small_prednet
+from tiny import state_copy as _copy
 
 
 @pytest.fixture
 def net():
-    torch.manual_seed(0)
-    return pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16))
-
-
-def _images(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.rand(n, 1, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g))
-
-
-def _copy(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return small_prednet()
 
 
 def test_stopper_hand_sequence():
@@ -117,17 +104,9 @@ def test_train_feedback_early_stopping_resumes_exactly(net, monkeypatch, tmp_pat
 
     net.decoders.load_state_dict(start)
     _scripted_validation(monkeypatch, totals, [])
-    ckpt, original, calls = tmp_path / "fb.ckpt", pcnet.feedback_step, {"n": 0}
-
-    def step(*args):
-        calls["n"] += 1
-        if calls["n"] > 7:  # 2 batches per epoch: interrupted in epoch 4, after epoch 3's validation
-            raise KeyboardInterrupt
-        return original(*args)
-    with monkeypatch.context() as m:
-        m.setattr(pcnet, "feedback_step", step)
-        with pytest.raises(KeyboardInterrupt):
-            train.train_feedback(net, _images(32), checkpoint=ckpt, **options)
+    ckpt = tmp_path / "fb.ckpt"  # 2 batches per epoch: interrupted in epoch 4, after epoch 3's validation
+    interrupted(monkeypatch, lambda: train.train_feedback(net, _images(32), checkpoint=ckpt, **options),
+                target=pcnet, name="feedback_step", after=7)
     saved = torch.load(ckpt, weights_only=True)
     assert saved["epoch"] == 3 and saved["stopper"]["best_epoch"] == 2 and saved["stopper"]["bad_epochs"] == 1
     resumed = train.train_feedback(net, _images(32), checkpoint=ckpt, **options)
@@ -140,20 +119,3 @@ def test_train_feedback_early_stopping_resumes_exactly(net, monkeypatch, tmp_pat
 def test_train_feedback_patience_needs_validation_set(net):
     with pytest.raises(ValueError, match="pass val_set"):
         train.train_feedback(net, _images(32), epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False, patience=1)
-
-
-def test_cli_patience_reaches_the_run_and_is_refused_for_backbones(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
-    seen = {}
-
-    def fake_run(backbone, **kwargs):
-        seen.update(kwargs)
-        raise ValueError("stop here")
-    monkeypatch.setattr(models, "load_reference_backbone", lambda name, backbone_seed=0: models.fmnist_vgg().eval())
-    monkeypatch.setattr(train, "reference_feedback_run", fake_run)
-    with pytest.raises(SystemExit):
-        train.main(["feedback", "--patience", "3", "--epochs", "30"])
-    assert seen["patience"] == 3 and seen["epochs"] == 30
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["backbone", "--patience", "3"])
-    assert exit_info.value.code == 2  # argparse error, before any training

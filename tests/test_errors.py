@@ -8,7 +8,7 @@ from torch import nn
 
 import pcnet
 import pcnet.experiments.models
-from tiny import small_cnn
+from tiny import small_cnn, small_prednet
 
 
 @pytest.fixture
@@ -19,8 +19,7 @@ def model():
 
 @pytest.fixture
 def net():
-    torch.manual_seed(0)
-    return pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16))
+    return small_prednet()
 
 
 def unchanged(model, before):

@@ -9,6 +9,7 @@ import pcnet
 import pcnet.experiments.data as data
 from pcnet.experiments import models, train
 from fashion import needs_fashion
+from tiny import interrupted
 
 
 
@@ -136,17 +137,9 @@ def test_train_feedback_resume_is_exact(fashion, prednet, tmp_path, monkeypatch)
     final = _snapshot(prednet.decoders)
 
     prednet.decoders.load_state_dict(start)
-    ckpt, original, calls = tmp_path / "fb.ckpt", pcnet.feedback_step, {"n": 0}
-
-    def step(*args):
-        calls["n"] += 1
-        if calls["n"] > 6:  # interrupted in the middle of epoch 2
-            raise KeyboardInterrupt
-        return original(*args)
-    with monkeypatch.context() as m:
-        m.setattr(pcnet, "feedback_step", step)
-        with pytest.raises(KeyboardInterrupt):
-            train.train_feedback(prednet, small, checkpoint=ckpt, **options)
+    ckpt = tmp_path / "fb.ckpt"  # interrupted in the middle of epoch 2
+    interrupted(monkeypatch, lambda: train.train_feedback(prednet, small, checkpoint=ckpt, **options),
+                target=pcnet, name="feedback_step", after=6)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     resumed = train.train_feedback(prednet, small, checkpoint=ckpt, **options)  # decoders half-trained now
     assert resumed["step_loss"] == expected["step_loss"]

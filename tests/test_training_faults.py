@@ -8,26 +8,15 @@ import pcnet
 import pcnet.experiments.data as data
 import pcnet.experiments.weights as weights
 from pcnet.experiments import models, train
-from tiny import small_cnn
+from tiny import random_images as _images
+from tiny import same_state as _same
+from tiny import interrupted, small_cnn, small_prednet
+from tiny import state_copy as _copy
 
 
 @pytest.fixture
 def net():
-    torch.manual_seed(0)
-    return pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16))
-
-
-def _images(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.rand(n, 1, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g))
-
-
-def _same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _copy(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
+    return small_prednet()
 
 
 def test_feedback_step_with_overflowing_update_is_undone(net):
@@ -73,7 +62,7 @@ def _images_28(n):
     return TensorDataset(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-def test_cli_feedback_honours_val_size(monkeypatch, tmp_path):
+def test_cli_feedback_honours_val_size_and_patience(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "DATA_DIR", tmp_path)
     seen = {}
 
@@ -84,29 +73,20 @@ def test_cli_feedback_honours_val_size(monkeypatch, tmp_path):
     monkeypatch.setattr(train, "reference_feedback_run", fake_run)
     with pytest.raises(SystemExit):
         train.main(["feedback", "--val-size", "123", "--limit", "7"])
-    assert seen["val_size"] == 123 and seen["limit"] == 7
-
-
-def _interrupted(monkeypatch, run, *, after):
-    """Run ``run()`` with the classifier loop interrupted after ``after`` epochs."""
-    original, count = train._classifier_epoch, {"n": 0}
-
-    def epoch(*args, **kwargs):
-        if count["n"] == after:
-            raise KeyboardInterrupt
-        count["n"] += 1
-        return original(*args, **kwargs)
-    with monkeypatch.context() as m:
-        m.setattr(train, "_classifier_epoch", epoch)
-        with pytest.raises(KeyboardInterrupt):
-            run()
+    assert seen["val_size"] == 123 and seen["limit"] == 7 and "patience" not in seen
+    with pytest.raises(SystemExit):
+        train.main(["feedback", "--patience", "3", "--epochs", "30"])
+    assert seen["patience"] == 3 and seen["epochs"] == 30  # early stopping reaches the run; --epochs is its maximum
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["backbone", "--patience", "3"])
+    assert exit_info.value.code == 2  # argparse error: early stopping is for feedback training
 
 
 def test_resume_refuses_another_training_split(tmp_path, monkeypatch):
     """Same size, same options, other images (what another --val-size or --limit gives): refused, not resumed."""
     ckpt, options = tmp_path / "run.ckpt", dict(epochs=2, batch_size=16, lr=1e-3, seed=0, progress=False)
-    _interrupted(monkeypatch, lambda: train.train_classifier(small_cnn(), _images(32), checkpoint=ckpt, **options),
-                 after=1)
+    interrupted(monkeypatch, lambda: train.train_classifier(small_cnn(), _images(32), checkpoint=ckpt, **options),
+                target=train, name="_classifier_epoch", after=1)
     with pytest.raises(ValueError, match="delete it to start afresh or pass the same options"):
         train.train_classifier(small_cnn(), _images(32, seed=1), checkpoint=ckpt, **options)
     with pytest.raises(ValueError, match="'val_size': 100"):
