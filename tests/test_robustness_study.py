@@ -163,3 +163,31 @@ def test_study_loads_only_its_own_configuration(tmp_path):
     assert R.study(TINY, path=path)["runs"] == {}
     with pytest.raises(ValueError, match="RECOMPUTE"):
         R.study(dataclasses.replace(TINY, steps=5), path=path)
+
+
+def _chapter_config(monkeypatch) -> R.Config:
+    """The Config that chapter 6 builds at its full parameters: its parameters and setup cells, executed."""
+    import pathlib
+    monkeypatch.delenv("PCNET_SMOKE", raising=False)
+    nb = json.loads((pathlib.Path(__file__).parents[1] / "book" / "06_adversarial.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    params = ["".join(c["source"]) for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    setup = ["".join(c["source"]) for c in code if "CONFIG = robustness_study.Config(" in "".join(c["source"])]
+    assert len(params) == 1 and len(setup) == 1
+    namespace = {"os": __import__("os")}
+    threads = torch.get_num_threads()
+    try:
+        exec(params[0] + "\n" + setup[0], namespace)
+    finally:
+        torch.set_num_threads(threads)
+    return namespace["CONFIG"]
+
+
+def test_chapter_full_parameters_are_the_cli_study_and_load_the_committed_result(monkeypatch):
+    """`make book` runs chapter 6 at full parameters: they must be the CLI's study (what `make data` computes), and
+    the committed data/results/ch6_robustness.json must load under them (sha256 checked)."""
+    config = _chapter_config(monkeypatch)
+    assert config == R.Config() and config.digest() == R.Config().digest()
+    result = R.study(config)
+    assert len(result["labels"]) == 10 * config.per_class >= 200
+    assert {run["eps"] for run in result["runs"].values()} == set(config.eps_sweep)
