@@ -125,13 +125,29 @@ def test_worst_case_includes_transfer_and_convergence_flags():
     assert RR.robust(r, model="dynamics", eps=0.1).tolist() == [T, T, F, F]  # transfer from t0 fools image 3
     assert RR.robust(r, model="t0", eps=0.1).tolist() == [T, F, F, F]
     rows = RR.convergence(r, tolerance=20.0)
-    assert [(x["weak (%)"], x["strong (%)"], x["converged"]) for x in rows] == [(50.0, 25.0, False)]
+    assert [(x["weak (%)"], x["strong (%)"], x["converged"]) for x in rows] == [(50.0, 25.0, False)]  # one pair: no worst-case row
     assert RR.convergence(r, tolerance=25.0)[0]["converged"]
     assert "NOT converged" in RR.convergence_lines(rows, tolerance=20.0)[0]
     (v,) = RR.timestep_family(r)  # dynamics [T, T, F, F] vs t0 [T, F, F, F]: n10 = 1, n01 = 0
     assert v.n == 4 and v.estimate == pytest.approx(25.0) and v.p == pytest.approx(1.0)
     (c,) = RR.control_family(r)  # under the zero control's attack (APGD-CE 100x3): dynamics [T, T, T, F] vs [F, T, F, F]
     assert c.estimate == pytest.approx(50.0) and c.p_holm == pytest.approx(0.5)
+
+
+def test_convergence_compares_the_worst_cases_of_attacks_run_at_two_budgets():
+    T, F = True, False
+    r = _result({("t0", "apgd-ce", 50, 1): [T, T, T, F], ("t0", "apgd-ce", 100, 3): [T, T, F, F],
+                 ("t0", "square", 1000, 1): [F, T, T, F], ("t0", "square", 5000, 1): [T, F, T, F],
+                 ("t0", "autoattack", 0, 1): [F, F, F, F]})  # one budget only: not in the worst case
+    rows = RR.convergence(r, tolerance=10.0)
+    assert [x["attack"] for x in rows] == ["apgd-ce", "square", "worst case over apgd-ce, square"]
+    worst = rows[-1]  # weak: [F, T, T, F] -> 50 %; strong: [T, F, F, F] -> 25 %
+    assert (worst["weak (%)"], worst["strong (%)"], worst["converged"]) == (50.0, 25.0, False)
+    assert RR.convergence(r, tolerance=25.0)[-1]["converged"]
+    lines = RR.convergence_lines(rows, tolerance=10.0)
+    assert len(lines) == 2 and "apgd-ce on t = 0 (backbone) has NOT converged" in lines[0]  # square: 50 % at both and lines[-1].startswith("The worst case over apgd-ce, square")
+    assert RR.convergence_lines(RR.convergence(r, tolerance=25.0), tolerance=25.0)[-1].endswith(
+        ": converged (tolerance 25 points).")
 
 
 def test_proportion_interval_matches_statsmodels():
@@ -151,7 +167,7 @@ def test_summary_names_gains_losses_and_controls():
     timestep, control = RR.timestep_family(r), RR.control_family(r)
     assert timestep[0].effect == "gain" and control[0].effect == "none"
     text = RR.summary(timestep, control)
-    assert "a gain at eps = 0.1" in text and "do not beat zero feedback" in text
+    assert "a gain at eps = 0.1" in text and "no detectable advantage over zero feedback" in text
 
 
 def test_study_loads_only_its_own_configuration(tmp_path):
