@@ -11,7 +11,8 @@ Notebooks run with the original ``book/`` folder as working directory (as on Col
 
 Unlike plain papermill, a parameter name the notebook's ``parameters`` cell does not assign is an
 error. A failing cell stops the run and is shown (index, source, error); each chapter's wall time
-is printed and written to ``<out>/timings.json``.
+is printed and written to ``<out>/timings.json``, with the sample sizes of the verdicts it printed (every
+verdict line reads "(n = ..., MDE ...", see ``pcnet.experiments.verdicts``), so the build log shows them.
 """
 from __future__ import annotations
 
@@ -192,6 +193,30 @@ def run_chapter(path, *, out: pathlib.Path, parameters: dict | None = None, smok
     return seconds
 
 
+VERDICT_SIZE = re.compile(r"\(n = ([\d,]+), MDE ([\d.]+)")
+
+
+def verdict_sizes(notebook) -> dict[int, dict]:
+    """{n: {"verdicts": count, "mde": [lowest, highest]}} over the verdict lines an executed notebook printed."""
+    nb = json.loads(pathlib.Path(notebook).read_text())
+    sizes: dict[int, dict] = {}
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})  # printed lines, or displayed Markdown (else its plain text)
+            text = output.get("text") or data.get("text/markdown") or data.get("text/plain") or ""
+            for n, mde in VERDICT_SIZE.findall("".join(text) if isinstance(text, list) else text):
+                row = sizes.setdefault(int(n.replace(",", "")), {"verdicts": 0, "mde": [float(mde), float(mde)]})
+                row["verdicts"] += 1
+                row["mde"] = [min(row["mde"][0], float(mde)), max(row["mde"][1], float(mde))]
+    return dict(sorted(sizes.items()))
+
+
+def sizes_line(sizes: dict[int, dict]) -> str:
+    """'13 verdicts at n = 200 (MDE 1.82 to 4.82)'; several sizes joined by '; ', none: 'no verdict printed'."""
+    return "; ".join(f"{row['verdicts']} verdict{'s' * (row['verdicts'] != 1)} at n = {n:,} "
+                     f"(MDE {row['mde'][0]:g} to {row['mde'][1]:g})" for n, row in sizes.items()) or "no verdict printed"
+
+
 def extract_tagged_figure(notebook, *, tag: str = "readme-figure", dest) -> bool:
     """Write the first PNG output of the cell tagged ``tag`` in an executed notebook to ``dest``."""
     import base64
@@ -244,7 +269,7 @@ def main(argv=None) -> int:
         return 2
     prepare_source(out)
     (out / "readme_figure.png").unlink(missing_ok=True)  # never leave a stale figure behind
-    timings = {}
+    timings, sizes = {}, {}
     mode = "smoke" if args.smoke else "full"
     for nb in chapters:
         rel = nb.relative_to(ROOT).as_posix()
@@ -256,7 +281,8 @@ def main(argv=None) -> int:
             print(f"\n[run_chapters] FAILED\n{err}", file=sys.stderr)
             print(f"[run_chapters] the executed copy with the error is {out / rel}", file=sys.stderr)
             return 1
-        print(f"[run_chapters] {rel}: {timings[rel]:.1f} s", flush=True)
+        sizes[rel] = verdict_sizes(out / rel)
+        print(f"[run_chapters] {rel}: {timings[rel]:.1f} s; {sizes_line(sizes[rel])}", flush=True)
     for rel in timings:
         if extract_tagged_figure(out / rel, dest=out / "readme_figure.png"):
             print(f"[run_chapters] README figure (cell tagged readme-figure in {rel}) -> "
@@ -264,8 +290,8 @@ def main(argv=None) -> int:
             break
     total = sum(timings.values())
     print(f"[run_chapters] {len(timings)} chapters ({mode}) in {total:.1f} s")
-    (out / "timings.json").write_text(json.dumps({"mode": mode, "seconds": timings,
-                                                  "total": total}, indent=2) + "\n")
+    (out / "timings.json").write_text(json.dumps({"mode": mode, "seconds": timings, "total": total,
+                                                  "verdict_sizes": sizes}, indent=2) + "\n")
     return 0
 
 

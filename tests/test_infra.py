@@ -205,3 +205,27 @@ def test_runner_strips_widget_outputs_and_state(tmp_path):
     out = json.loads(path.read_text())
     assert "widgets" not in out["metadata"]
     assert [o["output_type"] for o in out["cells"][0]["outputs"]] == ["stream"]
+
+
+def test_runner_reports_the_sample_sizes_of_printed_verdicts(tmp_path):
+    """The build log's sample sizes come from the verdict lines themselves (real Verdict strings, not a copy)."""
+    import torch
+    from pcnet.experiments.verdicts import holm_family, paired_proportions
+    a, b = torch.tensor([1, 1, 0, 1] * 50, dtype=torch.bool), torch.tensor([1, 0, 0, 1] * 50, dtype=torch.bool)
+    family = holm_family([paired_proportions(a, b, contrast="x"), paired_proportions(a[:40], b[:40], contrast="y")])
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(...)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="\n".join(f"- {v}" for v in family) + "\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text=f"{family[0]}\nno verdict here (n = 5)\n"),
+                    nbformat.v4.new_output("display_data", data={"text/markdown": f"- {family[1]}",
+                                                                 "text/plain": "<IPython.core.display.Markdown object>"})]
+    nb.cells = [cell, nbformat.v4.new_markdown_cell("(n = 7, MDE 1.0 in prose is not counted)")]
+    path = tmp_path / "v.ipynb"
+    nbformat.write(nb, path)
+    sizes = run_chapters.verdict_sizes(path)
+    assert sorted(sizes) == [40, 200] and sizes[200]["verdicts"] == 2 and sizes[40]["verdicts"] == 2
+    assert sizes[200]["mde"] == [round(family[0].mde, 2)] * 2  # printed with two decimals
+    assert run_chapters.sizes_line(sizes).startswith("2 verdicts at n = 40 (MDE ")
+    assert run_chapters.sizes_line({3: {"verdicts": 1, "mde": [1.5, 1.5]}}) == "1 verdict at n = 3 (MDE 1.5 to 1.5)"
+    assert "2 verdicts at n = 200" in run_chapters.sizes_line(sizes)
+    assert run_chapters.sizes_line({}) == "no verdict printed"
