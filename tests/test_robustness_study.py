@@ -10,7 +10,7 @@ from torch import nn
 import pcnet
 from pcnet.experiments import robustness_report as RR
 from pcnet.experiments import robustness_study as R
-from pcnet.experiments import stats
+from pcnet.experiments import stats, weights
 
 TINY = R.Config(per_class=1, timesteps=2, eps_sweep=(0.05, 0.2), eps_main=0.05, steps=3, restarts=2, weak_steps=2,
                 queries=4, queries_main=6, last_k=1, block=4, autoattack=False)
@@ -76,6 +76,7 @@ def test_chunks_are_hashed_and_checked(tmp_path):
     assert R.load_chunk(path, job) is None
     R.save_chunk(path, job, {"correct": [True, False]})
     assert R.load_chunk(path, job) == {"correct": [True, False]}
+    assert json.loads(path.read_text())["git"] == weights.git_revision()  # which code computed the chunk
     with pytest.raises(RuntimeError, match="expected"):
         R.load_chunk(path, dataclasses.replace(job, block=1))
     doc = json.loads(path.read_text())
@@ -171,7 +172,6 @@ def test_summary_names_gains_losses_and_controls():
 
 
 def test_study_loads_only_its_own_configuration(tmp_path):
-    from pcnet.experiments import weights
     with pytest.raises(FileNotFoundError, match="robustness_study"):
         R.study(TINY, path=tmp_path / "absent.json")
     path = tmp_path / "study.json"

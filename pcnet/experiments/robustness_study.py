@@ -248,9 +248,10 @@ def _chunk_path(cache: pathlib.Path, config: Config, job: Job) -> pathlib.Path:
 
 def save_chunk(path: pathlib.Path, job: Job, result: dict, *, cpu_seconds: float | None = None) -> None:
     """Atomically write one job's result with the sha256 of its canonical JSON (``cpu_seconds``: the job's
-    measured CPU time, kept beside the hashed body for planning)."""
+    measured CPU time, kept beside the hashed body for planning; ``git``: the revision that computed it)."""
     body = {"job": dataclasses.asdict(job), "result": result}
-    doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest(), "cpu_seconds": cpu_seconds}
+    doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest(), "cpu_seconds": cpu_seconds,
+           "git": weights.git_revision()}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(doc) + "\n")
 
