@@ -98,7 +98,8 @@ data: setup
 	$(PY) -m pcnet.experiments.dynamics_runs
 	$(PY) -m pcnet.experiments.corruption_study
 	$(PY) -m pcnet.experiments.robustness_study
-	@echo "data/results/ch4_*, ch5_*, ch6_* and data/MANIFEST.json rewritten: review with git diff, then commit"
+	$(PY) -m pcnet.experiments.decoder_budget
+	@echo "data/results/ch3_*, ch4_*, ch5_*, ch6_* and data/MANIFEST.json rewritten: review with git diff, then commit"
 
 site:
 	rm -rf _build/html _build/.doctrees
