@@ -92,10 +92,11 @@ def family(result: dict) -> list:
     return holm_family(out)
 
 
-def compute(cfg: Config, *, out_dir: pathlib.Path, committed: pathlib.Path, tuned: dict, command: str) -> dict:
-    """Train (or resume) the longer decoders into ``out_dir`` and evaluate both sets; returns the plain-JSON result."""
+def compute(cfg: Config, *, out_dir: pathlib.Path, committed: pathlib.Path, tuned: dict, command: str,
+            checkpoint: pathlib.Path) -> dict:
+    """Train (or resume from ``checkpoint``) the longer decoders into ``out_dir`` and evaluate both sets; returns
+    the plain-JSON result."""
     weights = pathlib.Path(out_dir) / NAME
-    checkpoint = pathlib.Path(out_dir) / (NAME + ".ckpt")
     history = train_longer(cfg, out=weights, checkpoint=checkpoint, command=command)
     checkpoint.unlink(missing_ok=True)
     paper = {"beta": 0.8, "lam": 0.1, "alpha": 0.01}
@@ -133,8 +134,9 @@ def main(argv=None) -> None:
     result_file = pathlib.Path(args.out) / RESULT_NAME if args.out else result_path()
     tuned = load_json_result(DATA_DIR / "results" / "ch4_tuned_hparams.json")["recommended"]
     command = "python -m pcnet.experiments.decoder_budget " + " ".join(sys.argv[1:] if argv is None else argv)
+    checkpoint = (pathlib.Path(args.out) if args.out else DATA_DIR / "cache") / (NAME + ".ckpt")  # git-ignored
     result = compute(cfg, out_dir=weights_dir, committed=feedback_weights_path(seed=0), tuned=tuned,
-                     command=command.strip())
+                     command=command.strip(), checkpoint=checkpoint)
     sha = save_json_result(result_file, result, command=command.strip(), seed=0, extra={"weights": NAME})
     print(f"wrote {result_file} (sha256 {sha[:12]})")
 
