@@ -1,7 +1,6 @@
 """Chapter 3's check of the decoders' training budget: do decoders trained longer change a verdict?
 
-    python -m pcnet.experiments.decoder_budget          # -> data/weights/fmnist_vgg_feedback_seed0_es.pt
-                                                        #    and data/results/ch3_decoder_budget.json
+    python -m pcnet.experiments.decoder_budget                   # -> data/weights/ and data/results/
     python -m pcnet.experiments.decoder_budget --smoke --out DIR   # tiny run into DIR (tests)
 
 Trains the reference decoders of feedback seed 0 again, for at most ``epochs`` epochs with early stopping
