@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pcnet.experiments import decoder_budget as D
+from pcnet.experiments import dynamics_runs
 from pcnet.experiments import dynamics_study as study
 from pcnet.experiments import train, weights
 
@@ -56,5 +57,6 @@ def test_committed_result_uses_chapter_4s_images_and_decoders():
         mine = result["runs"]["paper values"][cond]["committed"]
         theirs = ch4[f"run/paper/0/{key}/prediction"]
         assert (mine["t0"], mine["T"]) == (theirs["t0"], theirs["T"])
+    assert result["values"]["paper values"] == dict(dynamics_runs.Config().paper)
     assert result["values"]["tuned values"] == {k: v for k, v in weights.load_json_result(
         path.parent / "ch4_tuned_hparams.json")["recommended"].items() if k in ("beta", "lam", "alpha")}

@@ -98,7 +98,9 @@ def compute(cfg: Config, *, out_dir: pathlib.Path, committed: pathlib.Path, tune
     weights = pathlib.Path(out_dir) / NAME
     history = train_longer(cfg, out=weights, checkpoint=checkpoint, command=command)
     checkpoint.unlink(missing_ok=True)
-    paper = {"beta": 0.8, "lam": 0.1, "alpha": 0.01}
+    from .dynamics_runs import Config as Chapter4
+
+    paper = dict(Chapter4().paper)  # chapter 4's paper values, one definition
     values = {"paper values": paper, "tuned values": {k: tuned[k] for k in ("beta", "lam", "alpha")}}
     files = dict(zip(SETS, (committed, weights)))
     runs = {name: {} for name in values}
