@@ -25,6 +25,8 @@ MATHJAX := $(MATHJAX_DIR)/tex-svg.js
 NOTEBOOKS := $(wildcard book/*.ipynb)
 JB := $(VENV)/bin/jupyter-book
 CHROMIUM ?=
+# Free space (MB) the Python install needs, checked before pip runs (scripts/check_disk.sh).
+DISK_NEED_MB ?= 8000
 # What `make test` runs before and after its setup (tests/test_setup.py overrides them).
 TEST_SETUP ?= python-check browser setup
 TEST_STEPS ?= unit-and-chapters nbstripout-check site-strict browser-check
@@ -52,6 +54,7 @@ browser: python-check
 
 $(STAMPS)/install: pyproject.toml
 	@bash scripts/check_python.sh "$(PYTHON)" "$(VENV)"
+	@bash scripts/check_disk.sh "$(VENV)" "$(DISK_NEED_MB)"
 	$(PY) -m pip install --quiet --progress-bar off -e ".[book]"
 	@# torchattacks pins an old requests: install it without its dependencies (they are in [book]).
 	$(PY) -m pip install --quiet --progress-bar off --no-deps "torchattacks>=3.5"

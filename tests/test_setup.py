@@ -33,8 +33,28 @@ def test_make_test_checks_python_and_browser_before_the_long_steps(tmp_path):
     out = _make("-n", "test", f"VENV={tmp_path / 'venv'}").stdout
     lines = out.splitlines()
     first = {key: next(i for i, line in enumerate(lines) if key in line)
-             for key in ("check_python.sh", "--ensure-browser", "pip install", "-m pytest tests")}
-    assert first["check_python.sh"] < first["--ensure-browser"] < first["pip install"] < first["-m pytest tests"], out
+             for key in ("check_python.sh", "--ensure-browser", "check_disk.sh", "pip install", "-m pytest tests")}
+    assert (first["check_python.sh"] < first["--ensure-browser"] < first["check_disk.sh"] < first["pip install"]
+            < first["-m pytest tests"]), out
+
+
+def _disk(need_mb, where, **env):
+    return subprocess.run(["bash", str(ROOT / "scripts" / "check_disk.sh"), str(where), str(need_mb)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+
+
+def test_too_little_disk_for_the_install_stops_with_the_fix(tmp_path):
+    """CI once failed in pip with 'No space left on device' (a disk filled by old clones): the check stops first."""
+    free_mb = shutil.disk_usage(tmp_path).free // 2**20
+    ok = _disk(1, tmp_path / "venv", TMPDIR=str(tmp_path))
+    assert ok.returncode == 0 and ok.stdout == ok.stderr == "", ok.stderr
+    assert (tmp_path / "venv").is_dir()
+    short = _disk(free_mb + 10**6, tmp_path / "venv", TMPDIR=str(tmp_path))
+    assert short.returncode == 1
+    assert "MB free; installing pcnet's Python packages needs about" in short.stderr, short.stderr
+    assert "Fix: free disk space" in short.stderr and "DISK_NEED_MB=" in short.stderr
+    bad = _disk("8GB", tmp_path / "venv")
+    assert bad.returncode == 2 and "whole number of megabytes" in bad.stderr
 
 
 def _fake_python(tmp_path, version=(3, 9, 18)):
