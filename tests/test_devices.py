@@ -51,9 +51,9 @@ def test_library_paths_follow_a_float64_model():
     assert devices.of(net) == (torch.device("cpu"), torch.float64)
     history = train.train_feedback(net, ds, epochs=1, batch_size=8, lr=1e-3, seed=0, val_set=ds, progress=False)
     assert len(history["step_loss"]) == 3 and all(len(v) == 2 for v in history["step_loss"])
-    assert train.feedback_loss_on(net, ds).dtype == torch.float64
-    assert train.feedback_baseline_loss(net, ds).shape == (2,)
-    assert train.classifier_accuracy(net.backbone, ds)[1].shape == (24,)
+    assert evaluate.feedback_loss_on(net, ds).dtype == torch.float64
+    assert evaluate.feedback_baseline_loss(net, ds).shape == (2,)
+    assert evaluate.classifier_accuracy(net.backbone, ds)[1].shape == (24,)
     result = evaluate.evaluate_dynamics(net, ds, timesteps=2, record=("errors", "terms"), progress=False)
     assert result.correct.shape == (3, 24) and result.errors.shape == (3, 2)
     assert evaluate.state_distance_over_time(net, ds.tensors[0][:4], ds.tensors[0][4:8], timesteps=1).shape == (2, 2)

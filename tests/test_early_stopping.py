@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import pcnet
-from pcnet.experiments import train
+from pcnet.experiments import evaluate, train
 from pcnet.experiments.early_stopping import EarlyStopping
 from tiny import random_images as _images
 from tiny import same_state as _same
@@ -73,7 +73,7 @@ def _scripted_validation(monkeypatch, totals, snapshots):
         snapshots.append(_copy(net.decoders))
         total = totals[len(snapshots) - 1]
         return torch.tensor([total / 4, 3 * total / 4])  # (N,) per layer; early stopping watches the sum
-    monkeypatch.setattr(train, "feedback_loss_on", fake)
+    monkeypatch.setattr(evaluate, "feedback_loss_on", fake)
 
 
 def test_train_feedback_stops_early_and_restores_best(net, monkeypatch):

@@ -7,7 +7,7 @@ from torch.utils.data import Subset, TensorDataset
 
 import pcnet
 import pcnet.experiments.data as data
-from pcnet.experiments import models, train
+from pcnet.experiments import evaluate, models, train
 from fashion import needs_fashion
 from tiny import interrupted
 
@@ -32,26 +32,26 @@ def test_lr_schedule_hand_values():
 def test_as_tensors_and_confusion_matrix():
     x, y = torch.arange(10.0).reshape(10, 1), torch.arange(10) % 3
     subset = Subset(Subset(TensorDataset(x, y), [9, 8, 7, 6]), [1, 3])
-    sx, sy = train.as_tensors(subset)
+    sx, sy = data.as_tensors(subset)
     assert sx.flatten().tolist() == [8.0, 6.0] and sy.tolist() == [2, 0]
     generic = [(x[i], y[i]) for i in range(10)]  # not a TensorDataset: goes through a DataLoader
-    gx, gy = train.as_tensors(generic)
+    gx, gy = data.as_tensors(generic)
     assert torch.equal(gx, x) and torch.equal(gy, y)
-    cm = train.confusion_matrix(torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0]), num_classes=3)
+    cm = evaluate.confusion_matrix(torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0]), num_classes=3)
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
 
 
 @needs_fashion
 def test_training_lowers_loss_and_evaluate(fashion):
     small = Subset(fashion, range(1024))
-    x, y = train.as_tensors(small)
+    x, y = data.as_tensors(small)
     torch.manual_seed(0)
     model = models.fmnist_vgg()
     history = train.train_classifier(model, small, epochs=3, batch_size=32, lr=3e-3, seed=0, progress=False)
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert len(history["train_loss"]) == len(history["seconds"]) == 3
     model.train()
-    accuracy, predictions = train.classifier_accuracy(model, small, batch_size=100)
+    accuracy, predictions = evaluate.classifier_accuracy(model, small, batch_size=100)
     assert model.training  # evaluate restores the mode it found
     assert predictions.shape == (1024,) and accuracy == pytest.approx((predictions == y).float().mean().item())
     assert accuracy > 0.6  # 10 classes: chance is 0.1
@@ -112,7 +112,7 @@ def _snapshot(module):
 def test_train_feedback_freezes_backbone_and_trains_decoders(fashion, prednet):
     small = Subset(fashion, range(256))
     backbone_before, decoders_before = _snapshot(prednet.backbone), _snapshot(prednet.decoders)
-    loss_before = train.feedback_loss_on(prednet, small)
+    loss_before = evaluate.feedback_loss_on(prednet, small)
     history = train.train_feedback(prednet, small, epochs=2, batch_size=32, lr=1e-3, seed=0,
                                    val_set=small, progress=False)
     backbone_after = prednet.backbone.state_dict()
@@ -125,7 +125,7 @@ def test_train_feedback_freezes_backbone_and_trains_decoders(fashion, prednet):
     assert len(history["step_loss"]) == 16 and all(len(s) == n for s in history["step_loss"])
     loss_after = torch.tensor(history["val_loss"][-1])
     assert (loss_after < loss_before).all()  # every layer reconstructs better than at initialisation
-    assert torch.allclose(loss_after, train.feedback_loss_on(prednet, small))
+    assert torch.allclose(loss_after, evaluate.feedback_loss_on(prednet, small))
 
 
 @needs_fashion
@@ -155,7 +155,7 @@ def test_feedback_baseline_loss_is_target_variance(fashion, prednet):
         states = prednet.run(x, timesteps=0, record=("states",)).states
     targets = [x] + [s[0] for s in states[:-1]]
     expected = torch.stack([t.double().var(0, unbiased=False).mean() for t in targets]).float()
-    assert torch.allclose(train.feedback_baseline_loss(prednet, small, batch_size=70), expected, rtol=1e-4)
+    assert torch.allclose(evaluate.feedback_baseline_loss(prednet, small, batch_size=70), expected, rtol=1e-4)
 
 
 def test_state_fingerprint_sees_buffers():

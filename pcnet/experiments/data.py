@@ -277,3 +277,16 @@ def imagenet_classes() -> tuple[str, ...]:
     """The 1000 ImageNet class names (shipped inside torchvision, no download)."""
     from torchvision.models import ResNet18_Weights
     return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (images, labels) of a dataset as two tensors; fast for TensorDataset and its Subsets."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, torch.utils.data.Subset):
+        x, y = as_tensors(dataset.dataset)
+        index = torch.as_tensor(dataset.indices, dtype=torch.long)  # (n,)
+        return x[index], y[index]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1000)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys).long()

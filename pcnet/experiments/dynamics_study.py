@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from . import devices, evaluate, tta
+from .data import as_tensors
 from .verdicts import Verdict, holm_family, paired_proportions
 
 CONTROLS = ("zero", "shuffled", "mean", "rescale")
@@ -54,8 +55,6 @@ def conditions(*, gaussian: Sequence[float], salt_pepper: Sequence[float]) -> li
 
 def shuffled_subset(dataset, n: int, *, seed: int = 0) -> TensorDataset:
     """The first ``n`` images of ``dataset`` in a random order fixed by ``seed`` (random batch composition)."""
-    from .train import as_tensors
-
     x, y = as_tensors(dataset)
     if not 1 <= n <= len(x):
         raise ValueError(f"n must lie in [1, {len(x)}], got {n}")

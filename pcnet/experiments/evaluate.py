@@ -1,6 +1,7 @@
-"""Evaluation helpers: input corruptions, per-image correctness per timestep, state distances, term sizes.
+"""Evaluation helpers: input corruptions, per-image correctness per timestep, a trained model's accuracy and
+reconstruction loss, state distances, term sizes.
 
-Everything here takes a predified network (``pcnet.predify``) and a dataset or loader of
+Everything here takes a network (mostly a predified one, ``pcnet.predify``) and a dataset or loader of
 ``(image, label)`` pairs with images in [0, 1]. Intervals and paired tests live in
 :mod:`pcnet.experiments.stats`. Nothing runs at import.
 """
@@ -11,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from pcnet.experiments import devices
+from pcnet.experiments.data import as_tensors
 
 Corruption = Callable[..., torch.Tensor]  # corrupt(x, *, generator) -> x_corrupted
 TERM_NAMES = ("feedforward", "feedback", "memory", "error")
@@ -187,6 +190,53 @@ def correct_of(fn: Callable[[torch.Tensor], torch.Tensor], data: Dataset | DataL
         logits = fn(x.to(device=device, dtype=dtype))  # (B, K)
         out.append((logits.argmax(-1).cpu() == y))
     return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- trained models: accuracy, reconstruction loss
+@torch.no_grad()
+def classifier_accuracy(model: nn.Module, dataset, *, batch_size: int = 1000) -> tuple[float, torch.Tensor]:
+    """(accuracy, predicted labels (N,)) of `model` in eval mode on `dataset`."""
+    was_training = model.training
+    model.eval()
+    x, y = as_tensors(dataset)
+    device, dtype = devices.of(model)
+    predictions = torch.cat([model(xb.to(device, dtype)).argmax(1).cpu() for xb in x.split(batch_size)])  # (N,)
+    model.train(was_training)
+    return (predictions == y).float().mean().item(), predictions
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, *, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) counts: row = true class, column = predicted class."""
+    flat = labels.long() * num_classes + predictions.long()  # (N,)
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+@torch.no_grad()
+def feedback_loss_on(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
+    """Per-layer reconstruction loss (eq-feedback-loss) of `net` averaged over `dataset`: Tensor(N)."""
+    import pcnet
+
+    x, _ = as_tensors(dataset)
+    device, dtype = devices.of(net)
+    per_layer = [pcnet.feedback_loss(net, xb.to(device, dtype))[1] * len(xb) for xb in x.split(batch_size)]  # each (N,)
+    return (torch.stack(per_layer).sum(0) / len(x)).cpu()
+
+
+@torch.no_grad()
+def feedback_baseline_loss(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
+    """Per-layer loss (eq-feedback-loss) of the best constant prediction, the dataset mean of every target
+    value: the targets' variance, averaged over their values. Tensor(N)."""
+    x, _ = as_tensors(dataset)
+    device, dtype = devices.of(net)
+    sums = squares = None
+    for xb in x.split(batch_size):
+        xb = xb.to(device, dtype)  # (B,C,H,W) where the network is
+        states = net.run(xb, timesteps=0, record=("states",)).states  # N tensors (1,B,...)
+        targets = [xb.double()] + [s[0].double() for s in states[:-1]]  # e_{n-1}(0), each (B,...)
+        batch_sums, batch_squares = [t.sum(0) for t in targets], [(t**2).sum(0) for t in targets]
+        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
+        squares = batch_squares if squares is None else [a + b for a, b in zip(squares, batch_squares)]
+    return torch.stack([(q / len(x) - (s / len(x)) ** 2).mean() for s, q in zip(sums, squares)]).float().cpu()
 
 
 # --------------------------------------------------------------------------- representations

@@ -30,20 +30,17 @@ from tqdm.auto import tqdm
 
 from pcnet.experiments import devices
 
+from . import evaluate
+from .data import as_tensors
 from .early_stopping import EarlyStopping
 from .files import save_torch_atomic
 
 __all__ = [
     "BACKBONE_DEFAULTS",
     "FEEDBACK_DEFAULTS",
-    "as_tensors",
     "lr_at",
     "train_classifier",
-    "classifier_accuracy",
-    "confusion_matrix",
     "train_feedback",
-    "feedback_loss_on",
-    "feedback_baseline_loss",
     "state_fingerprint",
     "seeded_prednet",
     "reference_data",
@@ -54,19 +51,6 @@ __all__ = [
 # Full parameters of the committed reference runs (the chapters' parameters cells use the same).
 BACKBONE_DEFAULTS = dict(epochs=4, batch_size=128, lr=3e-3, val_size=5000)
 FEEDBACK_DEFAULTS = dict(epochs=2, batch_size=64, lr=1e-2, val_size=5000)
-
-
-def as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (images, labels) of a dataset as two tensors; fast for TensorDataset and its Subsets."""
-    if isinstance(dataset, torch.utils.data.TensorDataset):
-        return dataset.tensors[0], dataset.tensors[1]
-    if isinstance(dataset, torch.utils.data.Subset):
-        x, y = as_tensors(dataset.dataset)
-        index = torch.as_tensor(dataset.indices, dtype=torch.long)  # (n,)
-        return x[index], y[index]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1000)
-    xs, ys = zip(*loader)
-    return torch.cat(xs), torch.cat(ys).long()
 
 
 def lr_at(step: int, total: int, lr: float, *, warmup: float = 0.1) -> float:
@@ -161,59 +145,13 @@ def train_classifier(model: nn.Module, train_set, *, epochs: int, batch_size: in
             losses, acc = _classifier_epoch(model, x, y, optimizer, epoch=epoch, seed=seed,
                                             batch_size=batch_size, lr=lr, total=total, bar=bar)
             loss = sum(losses) / len(losses)
-            history["val_acc"].append(classifier_accuracy(model, val_set)[0] if val_set is not None else None)
+            history["val_acc"].append(evaluate.classifier_accuracy(model, val_set)[0] if val_set is not None else None)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", val_acc=history["val_acc"][-1])
         history["train_loss"].append(loss), history["train_acc"].append(acc), history["step_loss"].extend(losses)
         history["seconds"].append(time.perf_counter() - t0)
         _checkpoint(checkpoint, config=config, epoch=epoch + 1, history=history, model=model, optimizer=optimizer)
     model.to(memory_format=torch.contiguous_format)
     return history
-
-
-@torch.no_grad()
-def classifier_accuracy(model: nn.Module, dataset, *, batch_size: int = 1000) -> tuple[float, torch.Tensor]:
-    """(accuracy, predicted labels (N,)) of `model` in eval mode on `dataset`."""
-    was_training = model.training
-    model.eval()
-    x, y = as_tensors(dataset)
-    device, dtype = devices.of(model)
-    predictions = torch.cat([model(xb.to(device, dtype)).argmax(1).cpu() for xb in x.split(batch_size)])  # (N,)
-    model.train(was_training)
-    return (predictions == y).float().mean().item(), predictions
-
-
-def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, *, num_classes: int) -> torch.Tensor:
-    """(num_classes, num_classes) counts: row = true class, column = predicted class."""
-    flat = labels.long() * num_classes + predictions.long()  # (N,)
-    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-@torch.no_grad()
-def feedback_loss_on(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
-    """Per-layer reconstruction loss (eq-feedback-loss) of `net` averaged over `dataset`: Tensor(N)."""
-    import pcnet
-
-    x, _ = as_tensors(dataset)
-    device, dtype = devices.of(net)
-    per_layer = [pcnet.feedback_loss(net, xb.to(device, dtype))[1] * len(xb) for xb in x.split(batch_size)]  # each (N,)
-    return (torch.stack(per_layer).sum(0) / len(x)).cpu()
-
-
-@torch.no_grad()
-def feedback_baseline_loss(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
-    """Per-layer loss (eq-feedback-loss) of the best constant prediction, the dataset mean of every target
-    value: the targets' variance, averaged over their values. Tensor(N)."""
-    x, _ = as_tensors(dataset)
-    device, dtype = devices.of(net)
-    sums = squares = None
-    for xb in x.split(batch_size):
-        xb = xb.to(device, dtype)  # (B,C,H,W) where the network is
-        states = net.run(xb, timesteps=0, record=("states",)).states  # N tensors (1,B,...)
-        targets = [xb.double()] + [s[0].double() for s in states[:-1]]  # e_{n-1}(0), each (B,...)
-        batch_sums, batch_squares = [t.sum(0) for t in targets], [(t**2).sum(0) for t in targets]
-        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
-        squares = batch_squares if squares is None else [a + b for a, b in zip(squares, batch_squares)]
-    return torch.stack([(q / len(x) - (s / len(x)) ** 2).mean() for s, q in zip(sums, squares)]).float().cpu()
 
 
 def _fingerprint(named) -> str:
@@ -297,7 +235,7 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
                                          f"before training") from err
         history["step_loss"] += torch.stack(losses).tolist()
         history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
-        history["val_loss"].append(feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
+        history["val_loss"].append(evaluate.feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
         history["seconds"].append(time.perf_counter() - t0)
         if stopper is not None:
             stopper.update(sum(history["val_loss"][-1]), epoch=epoch + 1, module=net.decoders)
@@ -345,7 +283,7 @@ def reference_backbone_run(*, name: str = "fmnist_vgg", seed: int = 0, epochs: i
     model = build_backbone(name)
     history = _timed(train_classifier, model, train, val, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                      checkpoint=checkpoint, progress=progress, run_options=dict(name=name, val_size=val_size, limit=limit))
-    history["test_acc"] = classifier_accuracy(model, reference_data(name, split="test"))[0]
+    history["test_acc"] = evaluate.classifier_accuracy(model, reference_data(name, split="test"))[0]
     return model.eval(), history
 
 
