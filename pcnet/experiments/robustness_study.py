@@ -8,6 +8,7 @@ jobs already done. When every job is done, :func:`assemble` writes the study to 
 provenance (:func:`pcnet.experiments.weights.save_json_result`)::
 
     nice -n 10 python -m pcnet.experiments.robustness_study            # full study (hours on 2 CPU cores)
+    nice -n 10 python -m pcnet.experiments.robustness_study --tuned    # chapter 4's tuned values (main eps only)
     python -m pcnet.experiments.robustness_study --shard 0/2 & python -m pcnet.experiments.robustness_study --shard 1/2
     python -m pcnet.experiments.robustness_study --smoke --out /tmp/x.json   # tiny, seconds
 
@@ -34,6 +35,8 @@ MODELS = ("t0", "dynamics", "zero", "shuffled", "mean", "rescale", "bpda-feedfor
           "bpda-detached-error")
 STUDY_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "autoattack")
 RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness.json"
+TUNED_RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness_tuned.json"
+TUNED_SOURCE = data.DATA_DIR / "results" / "ch4_tuned_hparams.json"  # written by pcnet.experiments.dynamics_runs
 CACHE_DIR = data.DATA_DIR / "cache" / "ch6_robustness"
 STUDY_VERSION = 1  # bump when a change alters what a job computes (old chunks then live in another folder)
 COMMAND = "nice -n 10 python -m pcnet.experiments.robustness_study"
@@ -55,8 +58,8 @@ class Config:
     restarts: int = 3
     weak_steps: int = 50                      # APGD: weak budget, main epsilon only (convergence)
     weak_restarts: int = 1
-    queries: int = 1000                       # Square: every epsilon / weak budget at the main epsilon
-    queries_main: int = 5000                  # Square: strong budget at the main epsilon
+    queries: int = 1000                       # Square: every epsilon / weak budget at the main epsilon (0: no Square)
+    queries_main: int = 5000                  # Square: strong budget at the main epsilon (0: no Square)
     last_k: int = 2                           # BPDA last-k
     controls: tuple = ("zero", "shuffled", "mean", "rescale")
     bpda: tuple = ("bpda-feedforward", "bpda-last-k", "bpda-detached-error")
@@ -69,13 +72,25 @@ class Config:
         return cls(per_class=1, timesteps=2, eps_sweep=(0.02, 0.08), steps=4, restarts=2, weak_steps=2,
                    queries=10, queries_main=20, last_k=1, block=5, autoattack=False)
 
+    @classmethod
+    def tuned(cls, *, smoke: bool = False, source=TUNED_SOURCE) -> "Config":
+        """Chapter 4's tuned (beta, lam, alpha) at the T they were selected with, attacked at the main eps only:
+        APGD-CE and APGD-DLR at both budgets, every control; no Square, BPDA or AutoAttack (cost)."""
+        record = weights.load_json_result(source)
+        values, T = record["recommended"], record["grid_search"]["timesteps"]
+        base = cls.smoke() if smoke else cls()
+        return dataclasses.replace(base, beta=values["beta"], lam=values["lam"], alpha=values["alpha"],
+                                   timesteps=2 if smoke else T, eps_sweep=(base.eps_main,), queries=0, queries_main=0,
+                                   controls=("rescale", "zero", "mean", "shuffled"), bpda=(), autoattack=False)
+
     def __post_init__(self):
         if self.eps_main not in self.eps_sweep:
             raise ValueError(f"eps_main={self.eps_main} must be one of eps_sweep={self.eps_sweep}")
         if not (self.steps >= self.weak_steps and self.restarts >= self.weak_restarts
-                and self.queries_main >= self.queries):
+                and self.queries_main >= self.queries and (self.queries > 0) == (self.queries_main > 0)):
             raise ValueError("the strong budget (steps, restarts, queries_main) must not be below the weak one "
-                             "(weak_steps, weak_restarts, queries)")
+                             "(weak_steps, weak_restarts, queries); queries and queries_main are both 0 (no Square) "
+                             "or both positive")
         bad = set(self.controls + self.bpda) - set(MODELS)
         if bad:
             raise ValueError(f"unknown models {sorted(bad)} in controls/bpda; choose from {MODELS}")
@@ -106,14 +121,15 @@ class Job:
 
 
 def _runs(c: Config) -> list[tuple]:
-    """(model, attack, eps, budget, restarts) in order of importance."""
-    strong = lambda m, e, q: [(m, "apgd-ce", e, c.steps, c.restarts), (m, "apgd-dlr", e, c.steps, c.restarts),
-                              (m, "square", e, q, 1)]
+    """(model, attack, eps, budget, restarts) in order of importance (no Square where queries is 0)."""
+    strong = lambda m, e, q: [(m, "apgd-ce", e, c.steps, c.restarts), (m, "apgd-dlr", e, c.steps, c.restarts)] + (
+        [(m, "square", e, q, 1)] if q else [])
     main = strong("t0", c.eps_main, c.queries_main) + strong("dynamics", c.eps_main, c.queries_main)
     runs = sorted(main, key=lambda r: r[1] == "square")  # the gradient attacks first (stable sort)
     for m in ("t0", "dynamics"):  # convergence: the weak budget
         runs += [(m, "apgd-ce", c.eps_main, c.weak_steps, c.weak_restarts),
-                 (m, "apgd-dlr", c.eps_main, c.weak_steps, c.weak_restarts), (m, "square", c.eps_main, c.queries, 1)]
+                 (m, "apgd-dlr", c.eps_main, c.weak_steps, c.weak_restarts)]
+        runs += [(m, "square", c.eps_main, c.queries, 1)] if c.queries else []
     for e in (e for e in c.eps_sweep if e != c.eps_main):
         runs += strong("t0", e, c.queries) + strong("dynamics", e, c.queries)
     for m in c.controls:
@@ -367,7 +383,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.robustness_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the tiny configuration (seconds)")
-    parser.add_argument("--out", default=str(RESULT_PATH), help="result file (default: %(default)s)")
+    parser.add_argument("--tuned", action="store_true",
+                        help=f"attack chapter 4's tuned values (read from {TUNED_SOURCE.name}) at the main eps")
+    parser.add_argument("--out", default=None, help=f"result file (default: {RESULT_PATH}, with --tuned "
+                                                   f"{TUNED_RESULT_PATH})")
     parser.add_argument("--cache", default=str(CACHE_DIR), help="chunk folder (default: %(default)s)")
     parser.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
     parser.add_argument("--shard", default="0/1", help="I/N: run only jobs I mod N (N workers side by side)")
@@ -376,7 +395,8 @@ def main(argv=None) -> int:
     parser.add_argument("--status", action="store_true", help="print the jobs done per run and exit")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = Config.smoke() if args.smoke else Config()
+    config = Config.tuned(smoke=args.smoke) if args.tuned else Config.smoke() if args.smoke else Config()
+    out = args.out or str(TUNED_RESULT_PATH if args.tuned else RESULT_PATH)
     if args.status:
         for run, (done, total, cpu) in progress(config, cache=pathlib.Path(args.cache)).items():
             print(f"{run:45s} {done}/{total} blocks" + ("" if cpu is None or not done else f", {cpu:.0f} CPU-s"))
@@ -388,9 +408,9 @@ def main(argv=None) -> int:
         return 0
     command = " ".join(["python -m pcnet.experiments.robustness_study"] + (argv if argv is not None else sys.argv[1:]))
     result = assemble(config, cache=pathlib.Path(args.cache), device=args.device)
-    sha = weights.save_json_result(args.out, result, command=command, seed=config.attack_seed,
+    sha = weights.save_json_result(out, result, command=command, seed=config.attack_seed,
                                    extra={"config_digest": config.digest()})
-    print(f"wrote {args.out} (sha256 {sha[:12]})")
+    print(f"wrote {out} (sha256 {sha[:12]})")
     return 0
 
 
