@@ -10,7 +10,7 @@ from torch import nn
 import pcnet
 from pcnet.experiments import robustness_report as RR
 from pcnet.experiments import robustness_study as R
-from pcnet.experiments import stats, weights
+from pcnet.experiments import attacks, stats, weights
 
 TINY = R.Config(per_class=1, timesteps=2, eps_sweep=(0.05, 0.2), eps_main=0.05, steps=3, restarts=2, weak_steps=2,
                 queries=4, queries_main=6, last_k=1, block=4, autoattack=False)
@@ -56,7 +56,7 @@ def test_attacked_models_are_the_evaluated_functions(tiny):
     net, x, _ = tiny
     with torch.no_grad():
         ref = {f: net(x, timesteps=2, feedback=f)[-1] for f in ("prediction", "zero", "shuffled")}
-        m = {n: R.attacked_model(net, n, timesteps=2, last_k=1) for n in ("t0", "dynamics", "zero", "shuffled",
+        m = {n: attacks.attacked_model(net, n, timesteps=2, last_k=1) for n in ("t0", "dynamics", "zero", "shuffled",
                                                                           "rescale", "bpda-last-k")}
         assert torch.allclose(m["t0"](x), net(x)[0], atol=1e-5)
         assert torch.allclose(m["dynamics"](x), ref["prediction"], atol=1e-5)
@@ -67,7 +67,7 @@ def test_attacked_models_are_the_evaluated_functions(tiny):
         scale = [pcnet.dynamics.fixed_point_scale(beta=0.6, lam=0.3), 1.0]  # the top PCoder gets no feedback
         assert torch.allclose(m["rescale"](x), pcnet.rescaled_forward(net, x, scale=scale), atol=1e-5)
     with pytest.raises(ValueError, match="unknown model"):
-        R.attacked_model(net, "zeros", timesteps=2)
+        attacks.attacked_model(net, "zeros", timesteps=2)
 
 
 def test_chunks_are_hashed_and_checked(tmp_path):

@@ -15,6 +15,8 @@ network's own). Its ``gradient`` option chooses what the attacker differentiates
 The BPDA variants are a custom forward/backward: ``surrogate + (value - surrogate).detach()`` has the value of
 the dynamics and the gradient of the surrogate. The last two are options of the core's own run
 (``truncate``, ``detach_error``; see :meth:`pcnet.PredNet.run`), read out by :meth:`pcnet.PredNet.at_timestep`.
+:func:`attacked_model` names every model chapter 6 attacks (``MODELS``): t = 0, the dynamics, the four content
+controls and the BPDA variants.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from pcnet.experiments import devices
 
 GRADIENTS = ("full", "feedforward", "last-k", "detached-error")
 ATTACKS = ("apgd-ce", "apgd-dlr", "square", "pgd", "bim-targeted")
+MODELS = (  # what chapter 6 attacks: attacked_model(net, name)
+    "t0", "dynamics", "zero", "shuffled", "mean", "rescale", "bpda-feedforward", "bpda-last-k",
+    "bpda-detached-error")
 
 
 class TimestepLogits(nn.Module):
@@ -189,3 +194,55 @@ def check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, *, eps: float, norm
     size = d.abs().max(1).values if norm == "Linf" else d.norm(dim=1)
     if (size > eps * (1 + 1e-4) + tol).any():
         raise AssertionError(f"perturbation of size {float(size.max()):.4g} exceeds eps={eps} ({norm})")
+
+
+class Rescaled(nn.Module):
+    """The rescale control as a (B, K) model: the backbone with each PCoder output times ``scale``."""
+
+    def __init__(self, net, *, scale):
+        super().__init__()
+        self.net, self.scale = net, scale  # float, or one per PCoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import pcnet
+        return pcnet.rescaled_forward(self.net, x, scale=self.scale)  # (B, K)
+
+
+class BatchFeedback(nn.Module):
+    """A feedback control that mixes predictions across the batch ("shuffled", "mean") as a (B, K) model.
+
+    Attacks re-batch the images they still attack, so the attacked batch can shrink below the evaluated block;
+    a batch of one has no other image to take a prediction from, and there the model falls back to the image's
+    own prediction (what "shuffled" and "mean" give for B = 1 by their definition). Only the attack's search
+    sees these smaller batches: the reported correctness is evaluated on the whole block.
+    """
+
+    def __init__(self, net, *, timesteps: int, feedback: str):
+        super().__init__()
+        self.control = TimestepLogits(net, timestep=timesteps, feedback=feedback)
+        self.single = TimestepLogits(net, timestep=timesteps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.control if x.shape[0] >= 2 else self.single)(x)  # (B, K)
+
+
+def attacked_model(net, name: str, *, timesteps: int, last_k: int = 1) -> nn.Module:
+    """The (B, K) model that ``name`` (one of MODELS) attacks; its forward value is the evaluated function."""
+    import pcnet
+    if name == "t0":
+        return TimestepLogits(net, timestep=0)
+    if name == "dynamics":
+        return TimestepLogits(net, timestep=timesteps)
+    if name == "zero":
+        return TimestepLogits(net, timestep=timesteps, feedback=name)
+    if name in ("shuffled", "mean"):
+        return BatchFeedback(net, timesteps=timesteps, feedback=name)
+    if name == "rescale":
+        hp = net.hparams()
+        scale = [pcnet.dynamics.fixed_point_scale(beta=float(b), lam=float(l)) for b, l in zip(hp["beta"], hp["lam"])]
+        return Rescaled(net, scale=scale).eval()
+    if name.startswith("bpda-"):
+        gradient = name[len("bpda-"):]
+        return TimestepLogits(net, timestep=timesteps, gradient=gradient,
+                                      k=last_k if gradient == "last-k" else None)
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")

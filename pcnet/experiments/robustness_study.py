@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from . import attacks, corruptions, data, models, weights
+from .attacks import MODELS, attacked_model
 from .files import write_text_atomic
 
-MODELS = ("t0", "dynamics", "zero", "shuffled", "mean", "rescale", "bpda-feedforward", "bpda-last-k",
-          "bpda-detached-error")
 STUDY_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "autoattack")
 RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness.json"
 TUNED_RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness_tuned.json"
@@ -144,58 +143,6 @@ def jobs(config: Config, n_images: int) -> list[Job]:
     """Every job of the study, most important first."""
     blocks = range((n_images + config.block - 1) // config.block)
     return [Job(*run, block=b) for run in _runs(config) for b in blocks]
-
-
-class Rescaled(nn.Module):
-    """The rescale control as a (B, K) model: the backbone with each PCoder output times ``scale``."""
-
-    def __init__(self, net, *, scale):
-        super().__init__()
-        self.net, self.scale = net, scale  # float, or one per PCoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import pcnet
-        return pcnet.rescaled_forward(self.net, x, scale=self.scale)  # (B, K)
-
-
-class BatchFeedback(nn.Module):
-    """A feedback control that mixes predictions across the batch ("shuffled", "mean") as a (B, K) model.
-
-    Attacks re-batch the images they still attack, so the attacked batch can shrink below the evaluated block;
-    a batch of one has no other image to take a prediction from, and there the model falls back to the image's
-    own prediction (what "shuffled" and "mean" give for B = 1 by their definition). Only the attack's search
-    sees these smaller batches: the reported correctness is evaluated on the whole block.
-    """
-
-    def __init__(self, net, *, timesteps: int, feedback: str):
-        super().__init__()
-        self.control = attacks.TimestepLogits(net, timestep=timesteps, feedback=feedback)
-        self.single = attacks.TimestepLogits(net, timestep=timesteps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.control if x.shape[0] >= 2 else self.single)(x)  # (B, K)
-
-
-def attacked_model(net, name: str, *, timesteps: int, last_k: int = 1) -> nn.Module:
-    """The (B, K) model that ``name`` (one of MODELS) attacks; its forward value is the evaluated function."""
-    import pcnet
-    if name == "t0":
-        return attacks.TimestepLogits(net, timestep=0)
-    if name == "dynamics":
-        return attacks.TimestepLogits(net, timestep=timesteps)
-    if name == "zero":
-        return attacks.TimestepLogits(net, timestep=timesteps, feedback=name)
-    if name in ("shuffled", "mean"):
-        return BatchFeedback(net, timesteps=timesteps, feedback=name)
-    if name == "rescale":
-        hp = net.hparams()
-        scale = [pcnet.dynamics.fixed_point_scale(beta=float(b), lam=float(l)) for b, l in zip(hp["beta"], hp["lam"])]
-        return Rescaled(net, scale=scale).eval()
-    if name.startswith("bpda-"):
-        gradient = name[len("bpda-"):]
-        return attacks.TimestepLogits(net, timestep=timesteps, gradient=gradient,
-                                      k=last_k if gradient == "last-k" else None)
-    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
 
 
 def make_study_attack(job: Job, model: nn.Module, *, seed: int):
