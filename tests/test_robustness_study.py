@@ -207,3 +207,32 @@ def test_chapter_full_parameters_are_the_cli_study_and_load_the_committed_result
     result = R.study(config)
     assert len(result["labels"]) == 10 * config.per_class >= 200
     assert {run["eps"] for run in result["runs"].values()} == set(config.eps_sweep)
+
+
+def test_tuned_study_takes_chapter_4s_values_and_runs_no_square():
+    """--tuned: chapter 4's committed tuned values at the T they were selected with (the same T at evaluation),
+    main eps only, APGD-CE/DLR at two budgets against t = 0, the dynamics and all four controls."""
+    record = weights.load_json_result(R.TUNED_SOURCE)
+    c = R.Config.tuned()
+    assert (c.beta, c.lam, c.alpha) == tuple(record["recommended"][k] for k in ("beta", "lam", "alpha"))
+    assert c.timesteps == record["grid_search"]["timesteps"] and c.eps_sweep == (c.eps_main,)
+    runs = {j.run for j in R.jobs(c, 200)}
+    assert not any("square" in r or "autoattack" in r or "bpda" in r for r in runs)
+    assert {f"{m}/apgd-{l}/eps=0.02/100x3" for m in ("t0", "dynamics", *c.controls) for l in ("ce", "dlr")} <= runs
+    assert {f"{m}/apgd-ce/eps=0.02/50x1" for m in ("t0", "dynamics")} <= runs
+    assert set(c.controls) == {"zero", "shuffled", "mean", "rescale"} and c.digest() != R.Config().digest()
+    assert R.Config().digest() == "40fb1e9fa41e"  # the committed paper-value study's chunk folder is unchanged
+    with pytest.raises(ValueError, match="both 0"):
+        R.Config(queries=0)
+
+
+def test_tuned_smoke_cli_end_to_end(tmp_path):
+    out = tmp_path / "tuned.json"
+    assert R.main(["--tuned", "--smoke", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    result = weights.load_json_result(out)
+    c = R.Config.tuned(smoke=True)
+    assert R._as_config(result["config"]) == c and set(result["clean"]) == {"t0", "dynamics", *c.controls}
+    lines = RR.conclusion_lines(result, timestep=RR.timestep_family(result), control=RR.control_family(result),
+                                clean=RR.clean_family(result), tolerance=1.0)
+    assert "no Square" in lines[0] and f"alpha = {c.alpha:g}" in lines[0]
+    assert len(RR.control_family(result)) == 4 and len(RR.timestep_family(result)) == 1

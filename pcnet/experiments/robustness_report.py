@@ -152,9 +152,12 @@ def conclusion_lines(result: dict, *, timestep: list, control: list, clean: list
     """The chapter's findings, one line each, from the study and its verdict families (every eps of the sweep)."""
     c, T = result["config"], result["config"]["timesteps"]
     sweep = sweep_table(result)
-    lines = [f"{len(result['labels'])} test images; T = {T}; APGD-CE/DLR {c['steps']} steps x {c['restarts']} "
-             f"restarts, Square {c['queries']} queries ({c['queries_main']} at eps = {c['eps_main']:g})"
-             + (", AutoAttack (standard)" if c["autoattack"] else "") + " at the main eps."]
+    square = (f"Square {c['queries']} queries ({c['queries_main']} at eps = {c['eps_main']:g})" if c["queries"]
+              else "no Square")
+    lines = [f"{len(result['labels'])} test images; beta = {c['beta']:g}, lam = {c['lam']:g}, alpha = {c['alpha']:g}, "
+             f"T = {T}; APGD-CE/DLR {c['steps']} steps x {c['restarts']} restarts, {square}"
+             + (", AutoAttack (standard) at the main eps" if c["autoattack"] else "")
+             + (", BPDA " + ", ".join(m[len("bpda-"):] for m in c["bpda"]) if c["bpda"] else "") + "."]
     lines += convergence_lines(convergence(result, tolerance=tolerance), tolerance=tolerance)
     lines += [f"eps = {r.eps:g}, {r.model}: robust accuracy <= {r['robust (%) <=']:.1f}% "
               f"(95% interval [{r.low:.1f}, {r.high:.1f}])" for _, r in sweep.iterrows()]
@@ -167,7 +170,7 @@ def summary(timestep: list, control: list) -> str:
     """One sentence: at which eps the dynamics gain or lose robust accuracy (Holm-corrected), and whether a gain
     survives every control."""
     by = {e: [v.contrast.split(":")[0] for v in timestep if v.effect == e] for e in ("gain", "cost", "none")}
-    text = "Conclusion: against the worst case over full-strength attacks the dynamics show "
+    text = "Conclusion: against the worst case over the attacks above the dynamics show "
     parts = [f"a gain at {', '.join(by['gain'])}" if by["gain"] else "",
              f"a loss at {', '.join(by['cost'])}" if by["cost"] else "",
              f"no detectable change at {', '.join(by['none'])} (upper bounds above)" if by["none"] else ""]
