@@ -236,3 +236,15 @@ def test_tuned_smoke_cli_end_to_end(tmp_path):
                                 clean=RR.clean_family(result), tolerance=1.0)
     assert "no Square" in lines[0] and f"alpha = {c.alpha:g}" in lines[0]
     assert len(RR.control_family(result)) == 4 and len(RR.timestep_family(result)) == 1
+
+
+@pytest.mark.parametrize("module", ["robustness_study", "dynamics_runs"])
+def test_smoke_cli_needs_a_scratch_output(module, capsys):
+    """A tiny smoke study must never overwrite the committed result (the default output)."""
+    import importlib
+    cli = importlib.import_module(f"pcnet.experiments.{module}")
+    before = {p: p.read_bytes() for p in (R.RESULT_PATH, R.TUNED_SOURCE)}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--smoke"])
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
+    assert all(p.read_bytes() == b for p, b in before.items())

@@ -323,12 +323,16 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.dynamics_runs", description=main.__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny parameters (tests); results go to --out")
-    parser.add_argument("--out", type=pathlib.Path, default=DATA_DIR / "results")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="results folder (default: data/results)")
     parser.add_argument("--cache", type=pathlib.Path, default=DATA_DIR / "cache" / "ch4_dynamics")
     parser.add_argument("--only", default=None, help="compute only chunks whose key starts with this (parallel "
                         "parts sharing --cache; a final run without --only assembles and saves)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is the most CPU-efficient)")
     args = parser.parse_args(argv)
+    if args.smoke and args.out is None:
+        parser.error("--smoke writes tiny results: give it a scratch folder with --out (data/results holds the "
+                     "committed ones)")
+    args.out = args.out or DATA_DIR / "results"
     torch.set_num_threads(args.threads)
     cfg = SMOKE if args.smoke else Config()
     command = "python -m pcnet.experiments.dynamics_runs " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -329,7 +329,7 @@ def progress(config: Config, *, cache=CACHE_DIR) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.robustness_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="the tiny configuration (seconds)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny configuration (seconds); needs --out")
     parser.add_argument("--tuned", action="store_true",
                         help=f"attack chapter 4's tuned values (read from {TUNED_SOURCE.name}) at the main eps")
     parser.add_argument("--out", default=None, help=f"result file (default: {RESULT_PATH}, with --tuned "
@@ -341,6 +341,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     parser.add_argument("--status", action="store_true", help="print the jobs done per run and exit")
     args = parser.parse_args(argv)
+    if args.smoke and args.out is None and not args.status:
+        parser.error("--smoke writes a tiny study: give it a scratch file with --out (the default is the committed one)")
     torch.set_num_threads(args.threads)
     config = Config.tuned(smoke=args.smoke) if args.tuned else Config.smoke() if args.smoke else Config()
     out = args.out or str(TUNED_RESULT_PATH if args.tuned else RESULT_PATH)
