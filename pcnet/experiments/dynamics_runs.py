@@ -1,7 +1,7 @@
 """Command line for chapter 4's heavy part: the dynamics and every control on the full test set, in chunks.
 
     python -m pcnet.experiments.dynamics_runs            # full parameters -> data/results/ch4_dynamics.json
-    python -m pcnet.experiments.dynamics_runs --smoke    # tiny run into a temporary folder (tests)
+    python -m pcnet.experiments.dynamics_runs --smoke --out DIR   # tiny run into DIR (tests); --out required
 
 Each chunk (one network x value set x condition x control, the grid search, the baselines, ...) is written
 atomically to the cache folder as JSON with the sha256 of its body, its wall and CPU seconds and the git revision;
