@@ -101,6 +101,7 @@ data: setup
 	$(PY) -m pcnet.experiments.dynamics_runs
 	$(PY) -m pcnet.experiments.corruption_study
 	$(PY) -m pcnet.experiments.robustness_study
+	$(PY) -m pcnet.experiments.robustness_study --tuned
 	$(PY) -m pcnet.experiments.decoder_budget
 	@echo "data/results/ch3_*, ch4_*, ch5_*, ch6_* and data/MANIFEST.json rewritten: review with git diff, then commit"
 
