@@ -209,15 +209,19 @@ def test_chapter_full_parameters_are_the_cli_study_and_load_the_committed_result
     assert {run["eps"] for run in result["runs"].values()} == set(config.eps_sweep)
 
 
-def test_tuned_study_takes_chapter_4s_values_and_runs_no_square():
+def test_tuned_study_takes_chapter_4s_values_at_the_main_eps():
     """--tuned: chapter 4's committed tuned values at the T they were selected with (the same T at evaluation),
-    main eps only, APGD-CE/DLR at two budgets against t = 0, the dynamics and all four controls."""
+    main eps only: APGD-CE/DLR at two budgets against t = 0, the dynamics and all four controls; Square at two
+    budgets and the BPDA variants against the dynamics; no AutoAttack."""
     record = weights.load_json_result(R.TUNED_SOURCE)
     c = R.Config.tuned()
     assert (c.beta, c.lam, c.alpha) == tuple(record["recommended"][k] for k in ("beta", "lam", "alpha"))
     assert c.timesteps == record["grid_search"]["timesteps"] and c.eps_sweep == (c.eps_main,)
     runs = {j.run for j in R.jobs(c, 200)}
-    assert not any("square" in r or "autoattack" in r or "bpda" in r for r in runs)
+    assert not any("autoattack" in r for r in runs)
+    assert {"dynamics/square/eps=0.02/500x1", "dynamics/square/eps=0.02/1000x1", "t0/square/eps=0.02/1000x1",
+            "bpda-feedforward/apgd-ce/eps=0.02/100x1", "bpda-last-k/apgd-ce/eps=0.02/100x1",
+            "bpda-detached-error/apgd-ce/eps=0.02/100x1"} <= runs
     assert {f"{m}/apgd-{l}/eps=0.02/100x3" for m in ("t0", "dynamics", *c.controls) for l in ("ce", "dlr")} <= runs
     assert {f"{m}/apgd-ce/eps=0.02/50x1" for m in ("t0", "dynamics")} <= runs
     assert set(c.controls) == {"zero", "shuffled", "mean", "rescale"} and c.digest() != R.Config().digest()
@@ -234,7 +238,9 @@ def test_tuned_smoke_cli_end_to_end(tmp_path):
     assert R._as_config(result["config"]) == c and set(result["clean"]) == {"t0", "dynamics", *c.controls}
     lines = RR.conclusion_lines(result, timestep=RR.timestep_family(result), control=RR.control_family(result),
                                 clean=RR.clean_family(result), tolerance=1.0)
-    assert "no Square" in lines[0] and f"alpha = {c.alpha:g}" in lines[0]
+    assert f"Square {c.queries} queries" in lines[0] and f"alpha = {c.alpha:g}" in lines[0]
+    assert "no Square" in RR.conclusion_lines({**result, "config": {**result["config"], "queries": 0}},
+                                              timestep=[], control=[], clean=[], tolerance=1.0)[0]
     assert len(RR.control_family(result)) == 4 and len(RR.timestep_family(result)) == 1
 
 

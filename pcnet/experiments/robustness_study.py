@@ -74,13 +74,15 @@ class Config:
     @classmethod
     def tuned(cls, *, smoke: bool = False, source=TUNED_SOURCE) -> "Config":
         """Chapter 4's tuned (beta, lam, alpha) at the T they were selected with, attacked at the main eps only:
-        APGD-CE and APGD-DLR at both budgets, every control; no Square, BPDA or AutoAttack (cost)."""
+        APGD-CE and APGD-DLR at both budgets, Square at half and at the whole of the sweep's query budget, the
+        BPDA variants and every control; no AutoAttack (cost)."""
         record = weights.load_json_result(source)
         values, T = record["recommended"], record["grid_search"]["timesteps"]
         base = cls.smoke() if smoke else cls()
         return dataclasses.replace(base, beta=values["beta"], lam=values["lam"], alpha=values["alpha"],
-                                   timesteps=2 if smoke else T, eps_sweep=(base.eps_main,), queries=0, queries_main=0,
-                                   controls=("rescale", "zero", "mean", "shuffled"), bpda=(), autoattack=False)
+                                   timesteps=2 if smoke else T, eps_sweep=(base.eps_main,), queries=base.queries // 2,
+                                   queries_main=base.queries, controls=("rescale", "zero", "mean", "shuffled"),
+                                   autoattack=False)
 
     def __post_init__(self):
         if self.eps_main not in self.eps_sweep:
