@@ -254,3 +254,29 @@ def test_smoke_cli_needs_a_scratch_output(module, capsys):
         cli.main(["--smoke"])
     assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
     assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_committed_tuned_study_loads_under_the_chapters_config():
+    """Chapter 6 loads data/results/ch6_robustness_tuned.json with Config.tuned() (sha256 and config checked); its
+    every job is there, and the dynamics' worst case includes the Square, BPDA and transfer attacks."""
+    config = R.Config.tuned()
+    result = R.study(config, path=R.TUNED_RESULT_PATH)
+    assert len(result["labels"]) == 200 and {r["eps"] for r in result["runs"].values()} == {config.eps_main}
+    assert set(result["runs"]) == {j.run for j in R.jobs(config, 200)}
+    outcomes = RR.attack_outcomes(result, model="dynamics", eps=config.eps_main)
+    assert any("square" in k for k in outcomes) and any(k.startswith("bpda-") for k in outcomes)
+    assert any(k.startswith("transfer from") for k in outcomes)
+
+
+def test_masking_line_flags_a_surrogate_that_beats_the_true_gradient():
+    T, F = True, False
+    dyn = {("t0", "apgd-ce", 100, 3): [F, F, F, F], ("dynamics", "apgd-ce", 100, 3): [T, T, T, F],
+           ("dynamics", "square", 1000, 1): [F, F, F, F]}  # Square is not a true-gradient attack: ignored here
+    masked = RR.masking_line(_result({**dyn, ("bpda-last-k", "apgd-ce", 100, 1): [T, F, F, F]},
+                                     t0_transfer=[T, T, T, T]))
+    assert "bpda-last-k/apgd-ce/100x1 leaves 25.0% robust" in masked and "dynamics/apgd-ce/100x3: 75.0%" in masked
+    assert "partly masked" in masked
+    clean = RR.masking_line(_result({**dyn, ("bpda-last-k", "apgd-ce", 100, 1): [T, T, T, T]},
+                                    t0_transfer=[T, T, T, F]))
+    assert "no sign of gradient masking" in clean and "75.0% vs" in clean
+    assert "not checked" in RR.masking_line(_result({("dynamics", "apgd-ce", 100, 3): [T, F, F, F]}))

@@ -113,6 +113,27 @@ def convergence_lines(rows: list[dict], *, tolerance: float) -> list[str]:
                     + f" (tolerance {tolerance:g} points)." for r in rows if r["attack"].startswith("worst case")]
 
 
+def masking_line(result: dict) -> str:
+    """At the main eps: does a surrogate-gradient attack on the dynamics (BPDA, or transfer from t = 0) leave fewer
+    images robust than the best attack through the true gradient (APGD, AutoAttack)? Then the true gradient is
+    partly masked, and only the worst case, which includes the surrogates, bounds robust accuracy."""
+    eps = result["config"]["eps_main"]
+    outcomes = attack_outcomes(result, model="dynamics", eps=eps)
+    pct = {k: 100 * float(v.float().mean()) for k, v in outcomes.items()}
+    true = {k: v for k, v in pct.items() if k.startswith("dynamics/") and "/square/" not in k}
+    surrogate = {k: v for k, v in pct.items() if k.startswith(("bpda-", "transfer from"))}
+    if not true or not surrogate:
+        return f"eps = {eps:g}: no surrogate-gradient attack ran on the dynamics; gradient masking is not checked."
+    best_true, best_surrogate = min(true, key=true.get), min(surrogate, key=surrogate.get)
+    if surrogate[best_surrogate] < true[best_true]:
+        return (f"eps = {eps:g}: {best_surrogate} leaves {surrogate[best_surrogate]:.1f}% robust, fewer than the best "
+                f"attack through the true gradient ({best_true}: {true[best_true]:.1f}%): the dynamics' gradient is "
+                "partly masked, so only the worst case over all attacks bounds their robust accuracy.")
+    return (f"eps = {eps:g}: no BPDA or transfer attack beats the best attack through the true gradient "
+            f"({best_true}: {true[best_true]:.1f}% vs {best_surrogate}: {surrogate[best_surrogate]:.1f}%): no sign "
+            "of gradient masking.")
+
+
 def timestep_family(result: dict) -> list[verdicts.Verdict]:
     """Dynamics (t = T) minus backbone (t = 0) worst-case robust accuracy at every eps, Holm within the family."""
     T = result["config"]["timesteps"]
@@ -158,7 +179,7 @@ def conclusion_lines(result: dict, *, timestep: list, control: list, clean: list
              f"T = {T}; APGD-CE/DLR {c['steps']} steps x {c['restarts']} restarts, {square}"
              + (", AutoAttack (standard) at the main eps" if c["autoattack"] else "")
              + (", BPDA " + ", ".join(m[len("bpda-"):] for m in c["bpda"]) if c["bpda"] else "") + "."]
-    lines += convergence_lines(convergence(result, tolerance=tolerance), tolerance=tolerance)
+    lines += convergence_lines(convergence(result, tolerance=tolerance), tolerance=tolerance) + [masking_line(result)]
     lines += [f"eps = {r.eps:g}, {r.model}: robust accuracy <= {r['robust (%) <=']:.1f}% "
               f"(95% interval [{r.low:.1f}, {r.high:.1f}])" for _, r in sweep.iterrows()]
     lines += [f"Dynamics vs t = 0 -- {v}" for v in timestep]
