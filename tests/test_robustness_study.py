@@ -280,3 +280,14 @@ def test_masking_line_flags_a_surrogate_that_beats_the_true_gradient():
                                     t0_transfer=[T, T, T, F]))
     assert "no sign of gradient masking" in clean and "75.0% vs" in clean
     assert "not checked" in RR.masking_line(_result({("dynamics", "apgd-ce", 100, 3): [T, F, F, F]}))
+
+
+def test_chunks_record_the_revision_the_worker_started_with(tiny, tmp_path, monkeypatch):
+    """HEAD can move while a long worker runs: every chunk it writes names the revision it started with."""
+    net, x, y = tiny
+    monkeypatch.setattr(R, "images", lambda c: (torch.arange(6), x, y))
+    monkeypatch.setattr(R, "network", lambda c, device="cpu": net)
+    calls = iter(f"rev{i}" for i in range(1000))
+    monkeypatch.setattr(R.weights, "git_revision", lambda: next(calls))
+    R.compute(TINY, cache=tmp_path, max_jobs=4, progress=False)
+    assert {json.loads(p.read_text())["git"] for p in tmp_path.rglob("*.json")} == {"rev0"}

@@ -211,12 +211,13 @@ def _chunk_path(cache: pathlib.Path, config: Config, job: Job) -> pathlib.Path:
     return pathlib.Path(cache) / config.digest() / f"{job.key}.json"
 
 
-def save_chunk(path: pathlib.Path, job: Job, result: dict, *, cpu_seconds: float | None = None) -> None:
+def save_chunk(path: pathlib.Path, job: Job, result: dict, *, cpu_seconds: float | None = None,
+               git: str | None = None) -> None:
     """Atomically write one job's result with the sha256 of its canonical JSON (``cpu_seconds``: the job's
     measured CPU time, kept beside the hashed body for planning; ``git``: the revision that computed it)."""
     body = {"job": dataclasses.asdict(job), "result": result}
     doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest(), "cpu_seconds": cpu_seconds,
-           "git": weights.git_revision()}
+           "git": weights.git_revision() if git is None else git}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(doc) + "\n")
 
@@ -249,12 +250,13 @@ def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, sha
     _, x, y = images(config)
     todo = [j for k, j in _undone(config, cache, len(x)) if k % n == i][:max_jobs]
     net = network(config, device=device) if todo else None
+    revision = weights.git_revision()  # the code this process imported (HEAD may move while it runs)
     for job in tqdm(todo, desc="robustness jobs", disable=not progress):
         block = slice(job.block * config.block, (job.block + 1) * config.block)
         torch.manual_seed(config.attack_seed)  # torchattacks draws its random starts from torch's global RNG
         start = time.process_time()
         result = run_job(job, net, x[block], y[block], config)
-        save_chunk(_chunk_path(cache, config, job), job, result, cpu_seconds=time.process_time() - start)
+        save_chunk(_chunk_path(cache, config, job), job, result, cpu_seconds=time.process_time() - start, git=revision)
     return len(_undone(config, cache, len(x)))
 
 
