@@ -86,10 +86,17 @@ def test_chunks_are_hashed_and_checked(tmp_path):
         R.load_chunk(path, job)
 
 
-def test_compute_resumes_and_assembles(tiny, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_study(tiny, monkeypatch):
+    """The study's images and network replaced by the tiny ones: (net, x, y)."""
     net, x, y = tiny
     monkeypatch.setattr(R, "images", lambda c: (torch.arange(6), x, y))
     monkeypatch.setattr(R, "network", lambda c, device="cpu": net)
+    return tiny
+
+
+def test_compute_resumes_and_assembles(tiny_study, tmp_path, monkeypatch):
+    net, x, y = tiny_study
     n_jobs = len(R.jobs(TINY, 6))
     assert R.compute(TINY, cache=tmp_path, max_jobs=3, shard=(1, 2), progress=False) == n_jobs - 3
     assert sorted(p.name for p in tmp_path.rglob("*.json")) == sorted(f"{j.key}.json" for j in R.jobs(TINY, 6)[1:6:2])
@@ -282,11 +289,8 @@ def test_masking_line_flags_a_surrogate_that_beats_the_true_gradient():
     assert "not checked" in RR.masking_line(_result({("dynamics", "apgd-ce", 100, 3): [T, F, F, F]}))
 
 
-def test_chunks_record_the_revision_the_worker_started_with(tiny, tmp_path, monkeypatch):
+def test_chunks_record_the_revision_the_worker_started_with(tiny_study, tmp_path, monkeypatch):
     """HEAD can move while a long worker runs: every chunk it writes names the revision it started with."""
-    net, x, y = tiny
-    monkeypatch.setattr(R, "images", lambda c: (torch.arange(6), x, y))
-    monkeypatch.setattr(R, "network", lambda c, device="cpu": net)
     calls = iter(f"rev{i}" for i in range(1000))
     monkeypatch.setattr(R.weights, "git_revision", lambda: next(calls))
     R.compute(TINY, cache=tmp_path, max_jobs=4, progress=False)
