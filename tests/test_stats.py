@@ -110,7 +110,9 @@ def test_holm_family_decides_verdicts():
     out = V.holm_family(fam)
     assert [v.p_holm for v in out] == pytest.approx([0.06, 0.03, 0.06])
     assert [v.effect for v in out] == ["none", "gain", "none"]
-    assert out[0].phrase == "no detectable effect: any gain is below 2.00 points"
+    # c0's uncorrected interval [0.1, 2.0] lies on the gain side: not a plain "no detectable effect"
+    assert out[0].phrase == ("no detectable effect after Holm correction, though the uncorrected interval excludes 0 "
+                             "on the gain side (any gain is below 2.00 points)")
     with pytest.raises(ValueError, match="empty"):
         V.holm_family([])
 

@@ -97,3 +97,82 @@ def show_images(images, *, nrow: int = 8, titles=None, ax=None, cmap=None):
                 a.set_title(str(titles[i]), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+EFFECT_COLORS = {"gain": PALETTE[2], "cost": PALETTE[3], "none": PALETTE[7]}  # a verdict's colour in forest plots
+
+
+def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
+    """A verdict family as a forest plot on one axis; returns the figure.
+
+    Per contrast (top to bottom, in the family's order): the estimate and its 95 % interval, coloured by the
+    (Holm-corrected) verdict (``EFFECT_COLORS``); a light band of +- the minimum detectable effect around the
+    no-effect value (an effect inside it is one the design could miss); a vertical line at the no-effect value.
+    ``labels``: one per verdict (default: the contrasts without their shared prefix, which becomes the title).
+    All verdicts must share the no-effect value and unit (split a mixed family: :func:`show_family` does)."""
+    import matplotlib.pyplot as plt
+
+    from . import verdicts as V
+
+    verdicts = list(verdicts)
+    if not verdicts:
+        raise ValueError("forest_plot: the family is empty; pass at least one Verdict")
+    kinds = {(v.null, v.unit) for v in verdicts}
+    if len(kinds) > 1:
+        raise ValueError(f"forest_plot: the verdicts mix no-effect values and units {sorted(kinds)}; plot each on "
+                         "its own axis (plotting.show_family splits a family that way)")
+    prefix, short = V.short_labels([v.contrast for v in verdicts])
+    labels = short if labels is None else list(labels)
+    if len(labels) != len(verdicts):
+        raise ValueError(f"forest_plot: {len(labels)} labels for {len(verdicts)} verdicts; pass one label each")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(MAX_WIDTH, 0.9 + 0.32 * len(verdicts)), layout="constrained")
+    null, unit = verdicts[0].null, verdicts[0].unit
+    ys = list(range(len(verdicts) - 1, -1, -1))  # first contrast at the top
+    for k, (y, v) in enumerate(zip(ys, verdicts)):
+        ax.plot([null - v.mde, null + v.mde], [y, y], color=PALETTE[7], alpha=0.25, lw=7, solid_capstyle="butt",
+                label="± MDE (80 % power)" if k == 0 else None)
+        ax.errorbar([v.estimate], [y], xerr=[[v.estimate - v.low], [v.high - v.estimate]], fmt="o", ms=5,
+                    capsize=3, color=EFFECT_COLORS[v.effect])
+    ax.axvline(null, color="black", lw=1, label=f"no effect ({null:g})")
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(-0.7, len(verdicts) - 0.3)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel(f"estimate, 95 % interval ({unit})" if unit else "estimate, 95 % interval")
+    ax.set_title(prefix if title is None else title, fontsize=11)
+    for effect, c in EFFECT_COLORS.items():  # legend entries for the verdict colours present
+        if any(v.effect == effect for v in verdicts):
+            ax.plot([], [], "o", color=c, label={"none": "no detectable effect"}.get(effect, effect))
+    ax.legend(fontsize=8, loc="best")
+    return ax.figure
+
+
+def family_groups(verdicts) -> list[list]:
+    """A family split by (no-effect value, unit), in order of first appearance (one forest-plot panel each)."""
+    groups: dict = {}
+    for v in verdicts:
+        groups.setdefault((v.null, v.unit), []).append(v)
+    return list(groups.values())
+
+
+def show_family(verdicts, *, title: str | None = None, summary: str = "the table of this family"):
+    """Show a verdict family in a notebook: its forest plot (one panel per no-effect value and unit), then its
+    table, numbers formatted to what they carry, collapsed beneath the plot. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML, display
+
+    from . import verdicts as V
+
+    groups = family_groups(verdicts)
+    fig, axes = plt.subplots(len(groups), 1, squeeze=False, layout="constrained",
+                             figsize=(MAX_WIDTH, sum(0.9 + 0.32 * len(g) for g in groups)),
+                             gridspec_kw={"height_ratios": [0.9 + 0.32 * len(g) for g in groups]})
+    for ax, group in zip(axes[:, 0], groups):
+        forest_plot(group, ax=ax)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    plt.show()
+    frame = V.table(verdicts)
+    display(HTML(V.details_html(frame, summary=f"{summary} ({frame.attrs['title']})" if frame.attrs["title"]
+                                else summary)))
+    return fig

@@ -50,7 +50,13 @@ class Verdict:
         if bound <= 0:  # the interval (uncorrected) lies on the cost side, yet the decision's test does not reject
             decision = "after Holm correction" if self.p_holm is not None else f"by the {self.test} test"
             return f"no detectable effect {decision}, though the uncorrected interval excludes any gain"
-        return f"no detectable effect: any gain is below {bound:.{self.digits}f} {self.unit}".rstrip()
+        below = f"any gain is below {bound:.{self.digits}f} {self.unit}".rstrip()
+        if (self.low > self.null if self.higher_is_better else self.high < self.null):
+            # the uncorrected interval lies on the gain side: not a plain "no effect" (the correction decided it)
+            decision = "after Holm correction" if self.p_holm is not None else f"by the {self.test} test"
+            return (f"no detectable effect {decision}, though the uncorrected interval excludes {self.null:g} on the "
+                    f"gain side ({below})")
+        return f"no detectable effect: {below}"
 
     def _interval(self, unit: str = "") -> str:
         return format_interval((self.estimate, self.low, self.high), digits=self.digits, signed=self.null == 0,
@@ -109,3 +115,77 @@ def holm_family(verdicts: Sequence[Verdict]) -> list[Verdict]:
         raise ValueError(f"holm_family: one alpha per family, got {sorted(alphas)}")
     adjusted, _ = holm([v.p for v in verdicts], alpha=alphas.pop())
     return [replace(v, p_holm=float(q)) for v, q in zip(verdicts, adjusted)]
+
+
+# ----------------------------------------------------------------------------- formatting for the page
+def format_p(p: float | None) -> str:
+    """A p-value to the digits it carries: '3.7e-08' below 0.001, else two significant digits ('0.012', '0.31',
+    '1'); '' for None (no test)."""
+    if p is None:
+        return ""
+    p = float(p)
+    if p == 0:
+        return "0"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.2g}"
+
+
+def short_labels(contrasts: Sequence[str]) -> tuple[str, list[str]]:
+    """(shared prefix, short labels): the words all contrasts of a family start with, cut at a word boundary, go
+    into the title; each label keeps the rest. One contrast (or nothing shared) keeps its label whole."""
+    contrasts = list(contrasts)
+    if len(contrasts) < 2:
+        return "", contrasts
+    prefix = contrasts[0]
+    for c in contrasts[1:]:
+        while not c.startswith(prefix):
+            prefix = prefix[:-1]
+    prefix = prefix[:prefix.rfind(" ") + 1] if " " in prefix else ""  # a whole number of words (ends in a space)
+    if any(not c[len(prefix):].strip() for c in contrasts):
+        return "", contrasts
+    return prefix.strip().rstrip(":").strip(), [c[len(prefix):] for c in contrasts]
+
+
+def short_verdict(v: Verdict) -> str:
+    """The verdict in a few words for a table cell: 'gain', 'cost', 'none' or 'none after Holm; uncorrected
+    interval excludes 0' (the full sentence is ``v.phrase``)."""
+    if v.effect != "none":
+        return v.effect
+    gain_side = v.low > v.null if v.higher_is_better else v.high < v.null
+    cost_side = v.high < v.null if v.higher_is_better else v.low > v.null
+    if gain_side or cost_side:
+        after = "after Holm" if v.p_holm is not None else f"by {v.test}"
+        return f"none {after}; uncorrected interval excludes {v.null:g} ({'gain' if gain_side else 'cost'} side)"
+    return "none"
+
+
+def table(family: Sequence[Verdict]):
+    """A family as a pandas table of strings, each number to the digits it carries: short contrast labels (the
+    shared prefix is the table's ``attrs['title']``), n, estimate [95 % interval], MDE, test, p, Holm p, verdict."""
+    import pandas as pd
+
+    title, labels = short_labels([v.contrast for v in family])
+    rows = [{"contrast": label, "n": f"{v.n:,}", "estimate [95% interval]": v._interval(v.unit),
+             "MDE": f"{v.mde:.{v.digits}f}", "test": v.test, "p": format_p(v.p), "Holm p": format_p(v.p_holm),
+             "verdict": short_verdict(v)} for label, v in zip(labels, family)]
+    out = pd.DataFrame(rows)
+    out.attrs["title"] = title
+    return out
+
+
+def details_html(frame, *, summary: str) -> str:
+    """A table collapsed under a clickable ``summary`` line (an HTML ``<details>`` block, for a cell's output)."""
+    import html
+
+    return (f"<details class=\"verdict-table\"><summary>{html.escape(summary)}</summary>\n"
+            + frame.to_html(index=False, border=0, escape=True) + "\n</details>")
+
+
+def bullets(lines: Sequence[str]) -> str:
+    """Findings as a Markdown bullet list (for ``IPython.display.Markdown``): one bullet per line, with the
+    characters Markdown would read as markup (``* _ ` [ ] < > $ | #``) escaped, so a line shows as written."""
+    import re
+
+    def escape(line: str) -> str:
+        return re.sub(r"([\\`*_\[\]<>$|#])", r"\\\1", line.strip().removeprefix("- "))
+
+    return "\n".join(f"- {escape(line)}" for line in lines if line.strip())
