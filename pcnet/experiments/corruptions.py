@@ -32,16 +32,13 @@ from PIL import Image
 from scipy.ndimage import map_coordinates, zoom as scizoom
 from skimage.filters import gaussian
 
+from .corruption_names import ALL, COMMON, EXTRA, FAMILIES, SEVERITIES  # noqa: F401 (public names, kept here)
+from .corruption_names import check as _check
 from .files import locked, save_torch_atomic, sha256_file, write_text_atomic
+# the published CIFAR-10-C / ImageNet-C sets live in published.py; their names stay available from here
+from .published import (ARCHIVE_MD5, CIFAR10_C_URL, IMAGENET_C_URLS, download_cifar10_c,  # noqa: F401
+                        download_imagenet_c, load_cifar10_c, load_imagenet_c)
 
-COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-          "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-          "jpeg_compression")
-EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-ALL = COMMON + EXTRA
-FAMILIES = {"noise": COMMON[0:3], "blur": COMMON[3:7], "weather": COMMON[7:10], "digital": COMMON[10:15],
-            "extra": EXTRA}
-SEVERITIES = (1, 2, 3, 4, 5)
 SIZE = 32  # the CIFAR-10-C constants are calibrated for 32x32 images
 
 # CIFAR-10-C constants (Hendrycks & Dietterich, make_cifar_c.py), one entry per severity 1..5.
@@ -231,13 +228,6 @@ _OPS = {
 
 
 # ----------------------------------------------------------------------------- public API
-def _check(name, severity):
-    if name not in _OPS:
-        raise ValueError(f"unknown corruption {name!r}; choose one of pcnet.experiments.corruptions.ALL: {ALL}")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
-
-
 def corrupt(images: torch.Tensor, *, name: str, severity: int, seed: int = 0,
             constants: str = "cifar10") -> torch.Tensor:
     """Corrupt grayscale images ``(N, 1, H, W)`` float in [0, 1] (H, W <= 32); returns the same shape and dtype.
@@ -352,8 +342,3 @@ def stratified_subset(labels: torch.Tensor, *, per_class: int, seed: int = 0) ->
             raise ValueError(f"class {k} has only {len(idx)} examples, fewer than per_class={per_class}")
         picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
     return torch.sort(torch.cat(picks)).values
-
-
-# the published CIFAR-10-C / ImageNet-C sets live in published.py; their names stay available from here
-from .published import (ARCHIVE_MD5, CIFAR10_C_URL, IMAGENET_C_URLS, download_cifar10_c,  # noqa: E402,F401
-                        download_imagenet_c, load_cifar10_c, load_imagenet_c)

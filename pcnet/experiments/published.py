@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corruptions import COMMON, SEVERITIES, _check
+from .corruption_names import COMMON, SEVERITIES
+from .corruption_names import check as _check
 from .download import fetch
 from .files import existing, file_digest
 

@@ -34,6 +34,8 @@ from . import evaluate
 from .data import as_tensors
 from .early_stopping import EarlyStopping
 from .files import save_torch_atomic
+from .schedule import lr_at
+from .schedule import set_lr as _set_lr
 
 __all__ = [
     "BACKBONE_DEFAULTS",
@@ -53,14 +55,6 @@ BACKBONE_DEFAULTS = dict(epochs=4, batch_size=128, lr=3e-3, val_size=5000)
 FEEDBACK_DEFAULTS = dict(epochs=2, batch_size=64, lr=1e-2, val_size=5000)
 
 
-def lr_at(step: int, total: int, lr: float, *, warmup: float = 0.1) -> float:
-    """Learning rate at `step` of `total`: linear warm-up for `warmup` of the run, then cosine to 0."""
-    w = max(1, int(warmup * total))
-    if step < w:
-        return lr * (step + 1) / w
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
-
-
 def _batches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[torch.Tensor]:
     """Shuffled index batches for one epoch; depends only on (seed, epoch), so resuming is exact."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -72,11 +66,6 @@ def _checkpoint(path, *, config: dict, epoch: int, history: dict, **modules) -> 
     if path is not None:
         save_torch_atomic({"config": config, "epoch": epoch, "history": history, "rng": torch.get_rng_state(),
                       **{key: module.state_dict() for key, module in modules.items()}}, Path(path))
-
-
-def _set_lr(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def _resume(checkpoint, config: dict, modules: dict) -> tuple[int, dict | None]:

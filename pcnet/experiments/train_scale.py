@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .files import save_torch_atomic
-from .train import _set_lr, lr_at
+from .schedule import lr_at
+from .schedule import set_lr as _set_lr
 
 __all__ = ["PRESETS", "Dist", "build_preset", "image_folder", "SeededAugment", "distributed_setup", "local_batch",
            "train_feedback_scale", "main"]
