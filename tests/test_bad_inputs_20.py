@@ -5,6 +5,7 @@ from torch.utils.data import TensorDataset
 
 import pcnet
 from pcnet.experiments import evaluate, models
+from tiny import small_cnn, small_prednet
 
 
 # --------------------------------------------------------------------------- half precision
@@ -30,3 +31,56 @@ def test_fp16_dynamics_on_a_large_batch_agree_with_float32():
     assert (agreement >= 0.95).all(), agreement
     assert (logits.float() - ref).abs().max() <= 0.01 * ref.abs().max()
     assert (amp.correct.float().mean(1) >= 0.95).all()  # autocast fp16: >= 95 % agree with float32 t = 0 top-1
+
+
+# --------------------------------------------------------------------------- labels: shape (N,), checked where they enter
+def _column_label_data():
+    """4 images, a classifier that gets every one right, labels as a column (4, 1)."""
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 1])
+
+    class Oracle(torch.nn.Module):  # logits that pick the label of each image, by its index in this batch
+        def forward(self, images):
+            index = torch.stack([torch.nonzero((x == im).flatten(1).all(1))[0, 0] for im in images])
+            return torch.nn.functional.one_hot(labels[index], 3).float()  # (B, 3)
+    return x, labels, Oracle()
+
+
+def test_column_labels_are_squeezed_not_broadcast():
+    """Labels (N, 1) broadcast against predictions (N,) gave 0.375 instead of 1.0; now they are squeezed."""
+    from pcnet.experiments import metrics
+    x, labels, oracle = _column_label_data()
+    logits = oracle(x)  # (4, 3)
+    assert metrics.accuracy_per_timestep(logits, labels[:, None]) == 1.0
+    assert metrics.accuracy_per_timestep(torch.stack([logits, logits]), labels[:, None]).tolist() == [1.0, 1.0]
+    assert metrics.correct_per_timestep(oracle, x, labels[:, None], batch_size=3).all()
+    column = TensorDataset(x, labels[:, None])
+    assert evaluate.correct_of(oracle, column, batch_size=3, progress=False).tolist() == [True] * 4
+    net = small_prednet()
+    with torch.no_grad():
+        predicted = net(x)[0].argmax(-1)  # (4,): labels the network gets right at t = 0
+    result = evaluate.evaluate_dynamics(net, TensorDataset(x, predicted[:, None]), timesteps=0, batch_size=3,
+                                        progress=False)
+    assert result.correct.shape == (1, 4) and result.accuracy.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("labels, error, message", [
+    (torch.zeros(4, 3, dtype=torch.long), ValueError, r"shape \(N,\).*labels.argmax\(1\)"),
+    (torch.zeros(4, 1, 1, dtype=torch.long), ValueError, r"shape \(N,\).*labels.flatten\(\)"),
+    (torch.zeros(4), TypeError, r"integer class indices, got dtype torch.float32; convert with labels.long\(\)"),
+    (torch.zeros(3, dtype=torch.long), ValueError, r"3 entries for 4 images"),
+    ("cats", TypeError, "class indices"),
+])
+def test_bad_labels_are_refused_where_they_enter(labels, error, message):
+    from pcnet.experiments import metrics
+    x, _, oracle = _column_label_data()
+    with pytest.raises(error, match=message):
+        metrics.accuracy_per_timestep(oracle(x), labels)
+    with pytest.raises(error, match=message):
+        metrics.correct_per_timestep(oracle, x, labels)
+
+
+def test_labels_from_numpy_work():
+    from pcnet.experiments import metrics
+    x, labels, oracle = _column_label_data()
+    assert metrics.accuracy_per_timestep(oracle(x), labels.numpy()) == 1.0

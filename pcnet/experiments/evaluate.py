@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pcnet.experiments import devices
 from pcnet.experiments.data import as_tensors
+from pcnet.experiments.metrics import class_labels
 
 Corruption = Callable[..., torch.Tensor]  # corrupt(x, *, generator) -> x_corrupted
 TERM_NAMES = ("feedforward", "feedback", "memory", "error")
@@ -147,7 +148,7 @@ def evaluate_dynamics(net, data: Dataset | DataLoader, *, timesteps: int, corrup
     for x, y in tqdm(loader, desc=f"dynamics ({feedback})", leave=False, disable=not progress):
         if corrupt is not None:
             x = corrupt(x, generator=g)
-        x, y = x.to(device, dtype), y.to(device)
+        x, y = x.to(device, dtype), class_labels(y, n=x.shape[0]).to(device)  # (B,): an (B, 1) column is squeezed
         with devices.autocast(device, precision):
             if record:
                 trace = net.run(x, timesteps=timesteps, feedback=feedback, record=tuple(record))
@@ -188,7 +189,7 @@ def correct_of(fn: Callable[[torch.Tensor], torch.Tensor], data: Dataset | DataL
         if corrupt is not None:
             x = corrupt(x, generator=g)
         logits = fn(x.to(device=device, dtype=dtype))  # (B, K)
-        out.append((logits.argmax(-1).cpu() == y))
+        out.append((logits.argmax(-1).cpu() == class_labels(y, n=x.shape[0]).cpu()))  # (B,)
     return torch.cat(out)
 
 

@@ -13,10 +13,37 @@ import torch
 from pcnet.experiments import devices
 
 
+def class_labels(labels, *, n: int | None = None, what: str = "labels") -> torch.Tensor:
+    """``labels`` as an integer tensor of shape (N,), checked once where labels enter (a rule of issue 20).
+
+    Labels of shape (N, 1) are squeezed to (N,) (they would otherwise broadcast against predictions (N,) to an
+    (N, N) comparison and give a wrong accuracy); a list or numpy array is converted. Any other shape, a float
+    or string dtype, or a length other than ``n`` is a ValueError or TypeError naming the fix.
+    """
+    try:
+        t = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{what} must be class indices, a tensor of shape (N,); got {type(labels).__name__}") from None
+    if t.dim() == 2 and t.shape[1] == 1:
+        t = t[:, 0]  # (N,): a column of labels
+    if t.dim() != 1:
+        raise ValueError(f"{what} must have shape (N,), one class index per image; got {tuple(t.shape)}: pass "
+                         f"labels.flatten() if it holds one label per image, or class indices instead of one-hot rows "
+                         f"(labels.argmax(1))")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{what} must be integer class indices, got dtype {t.dtype}; convert with labels.long()")
+    if n is not None and t.shape[0] != n:
+        raise ValueError(f"{what} has {t.shape[0]} entries for {n} images (logits batch); pass one label per image")
+    return t
+
+
 def accuracy_per_timestep(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Accuracy of logits ``(T+1, B, K)`` (or ``(B, K)``) against ``labels`` (B,); returns (T+1,) or scalar."""
-    if logits.shape[-2] != labels.shape[0]:
-        raise ValueError(f"logits batch {logits.shape[-2]} != labels {labels.shape[0]}")
+    """Accuracy of logits ``(T+1, B, K)`` (or ``(B, K)``) against ``labels`` (B,) (or (B, 1),
+    :func:`class_labels`); returns (T+1,) or scalar."""
+    logits = torch.as_tensor(logits)
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"logits must have shape (T+1, B, K) or (B, K), got {tuple(logits.shape)}")
+    labels = class_labels(labels, n=logits.shape[-2])  # (B,)
     return (logits.argmax(-1) == labels.to(logits.device)).float().mean(-1).cpu()
 
 
@@ -26,7 +53,8 @@ def correct_per_timestep(predict, images: torch.Tensor, labels: torch.Tensor, *,
     """Run ``predict(x) -> logits (T+1, B, K)`` (or (B, K)) over ``images`` in batches; returns a bool tensor of
     per-sample correctness (T+1, N) (or (1, N) for a plain classifier) on the CPU. uint8 images are scaled to
     [0, 1]. Batches run on ``device``; by default on ``predict``'s device and dtype when it is a module, else
-    where the images are."""
+    where the images are. ``labels``: (N,) (or (N, 1), :func:`class_labels`)."""
+    labels = class_labels(labels, n=len(images))  # (N,)
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
