@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 import pcnet
-from pcnet.experiments import dynamics_runs as R
+from pcnet.experiments import chunks, dynamics_runs as R
 from pcnet.experiments import dynamics_study as S
 from pcnet.experiments import evaluate, verdicts
 from test_tuning import mixing_net
@@ -104,20 +104,28 @@ def test_state_distances_per_image_average_to_the_evaluate_helper():
     assert S.state_distances(net, clean, clean, timesteps=2).abs().max() < 1e-5
 
 
-def test_chunks_are_resumed_and_recomputed_when_damaged(tmp_path):
+def test_chunks_are_resumed_and_damaged_ones_refused(tmp_path):
     calls = []
 
     def thunk():
         calls.append(1)
         return {"value": len(calls)}
 
-    first = R._chunk(tmp_path, "run/a", thunk)
-    assert R._chunk(tmp_path, "run/a", thunk)["result"] == first["result"] == {"value": 1} and len(calls) == 1
-    path = tmp_path / "run__a.json"
+    st = R.store(R.SMOKE, tmp_path)
+    first = R._chunk(st, "run/a", None, thunk)
+    assert R._chunk(st, "run/a", None, thunk)["result"] == first["result"] == {"value": 1} and len(calls) == 1
+    assert R._chunk(st, "run/a", {"beta": 0.4}, thunk)["result"] == {"value": 2}  # other tuned values: another chunk
+    path = st.path({"chunk": "run/a", "tuned": None}, R._inputs("run/a"))
     record = json.loads(path.read_text())
     record["result"]["value"] = 99  # edited by hand: the hash no longer matches
     path.write_text(json.dumps(record))
-    assert R._chunk(tmp_path, "run/a", thunk)["result"] == {"value": 2} and len(calls) == 2
+    with pytest.raises(chunks.ChunkError, match="sha256"):
+        R._chunk(st, "run/a", None, thunk)
+
+
+def test_chunk_inputs_are_the_backbone_the_chunk_runs_on():
+    assert R._backbone_of("run/paper/2/gaussian-0.1/zero") == 2 and R._backbone_of("grid") == 0
+    assert R._inputs("run/paper/1/gaussian-0.1/zero")["backbone"] != R._inputs("grid")["backbone"]
 
 
 def test_plan_orders_the_main_contrasts_first_and_adds_tuned_chunks_once_known():

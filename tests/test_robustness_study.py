@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pcnet
-from pcnet.experiments import robustness_report as RR
+from pcnet.experiments import chunks, robustness_report as RR
 from pcnet.experiments import robustness_study as R
 from pcnet.experiments import attacks, stats, weights
 
@@ -72,18 +72,35 @@ def test_attacked_models_are_the_evaluated_functions(tiny):
 
 def test_chunks_are_hashed_and_checked(tmp_path):
     job = R.Job("t0", "apgd-ce", 0.05, 3, 2, block=0)
-    path = tmp_path / "a.json"
-    assert R.load_chunk(path, job) is None
-    R.save_chunk(path, job, {"correct": [True, False]})
-    assert R.load_chunk(path, job) == {"correct": [True, False]}
+    st, digests = R.store(TINY, cache=tmp_path), {"decoders": "a" * 64}
+    assert R.load_chunk(st, job, digests) is None
+    R.save_chunk(st, job, digests, {"correct": [True, False]})
+    assert R.load_chunk(st, job, digests) == {"correct": [True, False]}
+    path = st.path(dataclasses.asdict(job), digests)
     assert json.loads(path.read_text())["git"] == weights.git_revision()  # which code computed the chunk
-    with pytest.raises(RuntimeError, match="expected"):
-        R.load_chunk(path, dataclasses.replace(job, block=1))
+    assert R.load_chunk(st, dataclasses.replace(job, block=1), digests) is None  # another job: not this file
+    assert R.load_chunk(st, job, {"decoders": "b" * 64}) is None  # other weights: not done
     doc = json.loads(path.read_text())
     doc["result"]["correct"][1] = True  # a hand-edited outcome
     path.write_text(json.dumps(doc))
-    with pytest.raises(RuntimeError, match="sha256"):
-        R.load_chunk(path, job)
+    with pytest.raises(chunks.ChunkError, match="sha256"):
+        R.load_chunk(st, job, digests)
+
+
+def test_resaved_decoders_invalidate_the_cached_chunks(tiny_study, tmp_path, monkeypatch):
+    """Issue 19 item 6: a retrain (decoders saved again, other bytes) leaves no job done."""
+    import shutil
+    data_dir = tmp_path / "data"
+    shutil.copytree(R.data.DATA_DIR / "weights", data_dir / "weights")
+    monkeypatch.setattr(R.data, "DATA_DIR", data_dir)
+    R.compute(TINY, cache=tmp_path / "chunks", max_jobs=3, progress=False)
+    n_jobs = len(R.jobs(TINY, 6))
+    assert len(R._undone(TINY, tmp_path / "chunks", 6)) == n_jobs - 3
+    decoders = R.models.feedback_weights_path("fmnist_vgg", seed=0)
+    state = weights.load_weights(decoders)
+    state = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}
+    weights.save_weights(decoders, state, command="test: a retrain", seed=0)
+    assert len(R._undone(TINY, tmp_path / "chunks", 6)) == n_jobs  # every old chunk is stale
 
 
 @pytest.fixture
@@ -99,7 +116,8 @@ def test_compute_resumes_and_assembles(tiny_study, tmp_path, monkeypatch):
     net, x, y = tiny_study
     n_jobs = len(R.jobs(TINY, 6))
     assert R.compute(TINY, cache=tmp_path, max_jobs=3, shard=(1, 2), progress=False) == n_jobs - 3
-    assert sorted(p.name for p in tmp_path.rglob("*.json")) == sorted(f"{j.key}.json" for j in R.jobs(TINY, 6)[1:6:2])
+    assert sorted(p.name.split(".")[0] for p in tmp_path.rglob("*.json")) == sorted(j.key.split(".")[0]
+                                                                                  for j in R.jobs(TINY, 6)[1:6:2])
     with pytest.raises(ValueError, match="shard"):
         R.compute(TINY, cache=tmp_path, shard=(2, 2))
     with pytest.raises(RuntimeError, match="not done"):
@@ -232,7 +250,8 @@ def test_tuned_study_takes_chapter_4s_values_at_the_main_eps():
     assert {f"{m}/apgd-{l}/eps=0.02/100x3" for m in ("t0", "dynamics", *c.controls) for l in ("ce", "dlr")} <= runs
     assert {f"{m}/apgd-ce/eps=0.02/50x1" for m in ("t0", "dynamics")} <= runs
     assert set(c.controls) == {"zero", "shuffled", "mean", "rescale"} and c.digest() != R.Config().digest()
-    assert R.Config().digest() == "40fb1e9fa41e"  # the committed paper-value study's chunk folder is unchanged
+    committed = weights.load_json_result(R.RESULT_PATH)["config"]
+    assert R._as_config(committed) == R.Config()  # the committed paper-value study still loads as the default
     with pytest.raises(ValueError, match="both 0"):
         R.Config(queries=0)
 

@@ -20,18 +20,20 @@ each written atomically with its sha256, so an interrupted run resumes where it 
 
     python -m pcnet.experiments.corruption_study --out data/results/ch5_corruptions.json
 
-Chunks live in ``data/cache/ch5_chunks/<hash of the settings and value sets>/<corruption>.json`` (the hash leaves
-out the list of corruptions), so several processes can share the work: give each its own ``--names`` and a
-scratch ``--out`` (a partial study must not land in ``data/results``), then run the command above once more; it
-finds every chunk done and only assembles. Measured on one core (seed-0 network, T = 10, 2,000 images): about
-100 CPU-s for the clean chunk and 500 CPU-s per corruption chunk (5 severities x 12 methods).
+Chunks live in ``data/chunks/ch5_corruptions/<chunk>.<key>.json`` (committed, so a study is never lost); the key
+hashes the settings (without the list of corruptions), the value sets, the chunk and the sha256 of every weight
+file it reads (:mod:`pcnet.experiments.chunks`), so a retrain never reuses an old chunk. Several processes can share
+the work: give each its own ``--names`` and a scratch ``--out`` (a partial study must not land in ``data/results``:
+the CLI refuses), then run the command above once more; it finds every chunk done and only assembles. The
+replicate backbones (chapter 5's claims at the paper values): ``--backbone-seed 1`` and ``--backbone-seed 2``
+write ``data/results/ch5_corruptions_backbone{1,2}.json``. Measured on one core (seed-0 network, T = 10, 2,000
+images): about 100 CPU-s for the clean chunk and 500 CPU-s per corruption chunk (5 severities x 12 methods).
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import dataclasses
-import hashlib
 import json
 import pathlib
 import sys
@@ -44,14 +46,14 @@ import torch
 import pcnet
 from pcnet.dynamics import fixed_point_scale
 
-from . import corruptions, metrics, models, tta, weights
+from . import chunks, corruptions, metrics, models, tta, weights
 from .data import DATA_DIR, fashion_mnist
-from .files import write_text_atomic
 
 PAPER = {"beta": 0.8, "lam": 0.1, "alpha": 0.01}
 FEEDBACK = {"dynamics": "prediction", "zero": "zero", "shuffled": "shuffled", "mean": "mean"}
 TUNED_PATH = DATA_DIR / "results" / "ch4_tuned_hparams.json"
 RESULT_PATH = DATA_DIR / "results" / "ch5_corruptions.json"
+CHUNK_DIR = DATA_DIR / "chunks" / "ch5_corruptions"  # committed: a study is never lost between sessions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,7 @@ class StudyConfig:
     per_class: int = 200
     timesteps: int = 10
     feedback_seed: int = 0
+    backbone_seed: int = 0            # which of the three independently trained backbones (with its own decoders)
     subset_seed: int = 0
     corruption_seed: int = 0
     order_seed: int = 0
@@ -131,7 +134,8 @@ def _predictors(nets: dict, backbone, config: StudyConfig) -> dict:
 def build_methods(config: StudyConfig, value_sets: dict, *, device="cpu") -> dict:
     """The study's predictors for value sets {name: {beta, lam, alpha}} (networks of ``feedback_seed``), with
     every network on ``device``."""
-    nets = {v: models.load_reference_prednet(seed=config.feedback_seed, **hp).to(device)
+    nets = {v: models.load_reference_prednet(seed=config.feedback_seed, backbone_seed=config.backbone_seed,
+                                             **hp).to(device)
             for v, hp in value_sets.items()}
     backbone = next(iter(nets.values())).backbone
     return _predictors(nets, backbone, config)
@@ -169,26 +173,20 @@ def decode_bits(doc: dict) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- resumable chunks
-def _chunk_key(config: StudyConfig, value_sets: dict) -> str:
+COMMAND = "python -m pcnet.experiments.corruption_study"
+
+
+def store(config: StudyConfig, value_sets: dict, *, chunk_dir=None) -> chunks.ChunkStore:
+    """The study's chunks (one per corruption and one for the clean images), keyed by the settings (without the
+    list of corruptions: several processes may share the work), the value sets, the chunk and the files it reads."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "names"}  # one chunk per corruption
-    spec = json.dumps([fields, value_sets], sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return chunks.ChunkStore(pathlib.Path(chunk_dir or CHUNK_DIR), study="ch5_corruptions",
+                             config={"settings": fields, "value_sets": value_sets}, command=COMMAND)
 
 
-def _body_sha(body: dict) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _read_chunk(path: pathlib.Path) -> dict | None:
-    """A finished chunk's body, or None when missing or not matching its sha256 (then it is recomputed)."""
-    if not path.exists():
-        return None
-    doc = json.loads(path.read_text())
-    return doc["body"] if doc.get("sha256") == _body_sha(doc.get("body", {})) else None
-
-
-def _write_chunk(path: pathlib.Path, body: dict) -> None:
-    write_text_atomic(path, json.dumps({"body": body, "sha256": _body_sha(body)}) + "\n")
+def inputs(config: StudyConfig) -> dict[str, str]:
+    """sha256 of the files a chunk reads: the backbone and decoder weights of its backbone, Fashion-MNIST test."""
+    return chunks.reference_inputs(backbone_seed=config.backbone_seed, decoder_seed=config.feedback_seed)
 
 
 def _compute_chunk(name, cset, methods, order, *, device=None) -> dict:
@@ -213,20 +211,19 @@ def run_study(config: StudyConfig, value_sets: dict, *, chunk_dir=None, progress
               device="cpu") -> dict:
     """Compute (or resume) every chunk of a study on ``device`` and assemble the result (plain JSON)."""
     from tqdm.auto import tqdm
-    folder = pathlib.Path(chunk_dir or DATA_DIR / "cache" / "ch5_chunks") / _chunk_key(config, value_sets)
+    st, digests = store(config, value_sets, chunk_dir=chunk_dir), inputs(config)
     cset = study_data(config, progress=progress)
     order = random_order(len(cset["labels"]), seed=config.order_seed)
     methods = build_methods(config, value_sets, device=device)
-    chunks = {}
+    done, revision = {}, weights.git_revision()  # the code this process imported
     for name in tqdm(["clean", *config.names], desc="chunks", disable=not progress):
-        path = folder / f"{name}.json"
-        chunks[name] = _read_chunk(path)
-        if chunks[name] is None:
-            chunks[name] = _compute_chunk(name, cset, methods, order, device=device)
-            _write_chunk(path, chunks[name])
+        done[name] = st.load(name, digests)
+        if done[name] is None:
+            done[name] = _compute_chunk(name, cset, methods, order, device=device)
+            path = st.save(name, digests, done[name], cpu_s=done[name]["cpu_seconds"], git=revision)
             if log:
-                log(f"chunk {name}: {chunks[name]['cpu_seconds']:.0f} CPU-s -> {path}")
-    return assemble(config, value_sets, cset, chunks)
+                log(f"chunk {name}: {done[name]['cpu_seconds']:.0f} CPU-s -> {path}")
+    return assemble(config, value_sets, cset, done)
 
 
 def assemble(config: StudyConfig, value_sets: dict, cset: dict, chunks: dict) -> dict:
@@ -256,8 +253,9 @@ def committed(config: StudyConfig, value_sets: dict, *, path=RESULT_PATH) -> dic
         raise FileNotFoundError(f"no committed corruption study at {path}: {fix}")
     result = weights.load_json_result(path)
     want = {**dataclasses.asdict(config), "names": list(config.names)}
-    if result["config"] != want:
-        diff = {k: (result["config"].get(k), v) for k, v in want.items() if result["config"].get(k) != v}
+    have = {"backbone_seed": 0, **result["config"]}  # results from before the replicate backbones ran on backbone 0
+    if have != want:
+        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
         raise ValueError(f"{path} was computed with other settings (committed, wanted): {diff}; {fix}")
     if result["value_sets"] != value_sets:
         raise ValueError(f"{path} holds value sets {result['value_sets']}, not {value_sets} (did chapter 4's "
@@ -266,36 +264,70 @@ def committed(config: StudyConfig, value_sets: dict, *, path=RESULT_PATH) -> dic
 
 
 # ----------------------------------------------------------------------------- CLI
+REPLICATE_BACKBONES = (1, 2)  # chapter 5's headline claims at the paper values, replicated on the other backbones
+
+
+def committed_path(config: StudyConfig, value_set_names) -> pathlib.Path | None:
+    """Where the committed result of this configuration lives, or None when it is not a committed configuration:
+    the main study (backbone 0, paper and tuned values, every corruption) or a replicate (backbone 1 or 2, paper
+    values) at the default settings."""
+    if dataclasses.replace(config, backbone_seed=0) != StudyConfig():
+        return None
+    if config.backbone_seed == 0 and tuple(value_set_names) == ("paper", "tuned"):
+        return RESULT_PATH
+    if config.backbone_seed in REPLICATE_BACKBONES and tuple(value_set_names) == ("paper",):
+        return RESULT_PATH.with_name(f"ch5_corruptions_backbone{config.backbone_seed}.json")
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pcnet.experiments.corruption_study", description=__doc__.split("\n")[0])
     defaults = StudyConfig()
-    for field in ("per_class", "timesteps", "feedback_seed", "batch", "tta_batch", "tent_steps"):
+    for field in ("per_class", "timesteps", "feedback_seed", "backbone_seed", "batch", "tta_batch", "tent_steps"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(defaults, field))
     p.add_argument("--names", nargs="+", default=list(defaults.names), help="corruptions (default: all 19)")
+    p.add_argument("--value-sets", nargs="+", default=None, choices=("paper", "tuned"),
+                   help="value sets (default: paper and tuned on backbone 0, paper on the replicate backbones)")
     p.add_argument("--tuned", type=pathlib.Path, default=TUNED_PATH, help="chapter 4's tuned-hparams result")
-    p.add_argument("--out", type=pathlib.Path, default=RESULT_PATH)
-    p.add_argument("--chunk-dir", type=pathlib.Path, default=None)
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="result file (default: the committed file of a committed configuration; required otherwise)")
+    p.add_argument("--chunk-dir", type=pathlib.Path, default=None, help=f"chunk folder (default: {CHUNK_DIR})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     return p
 
 
 def main(argv=None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = StudyConfig(per_class=args.per_class, timesteps=args.timesteps, feedback_seed=args.feedback_seed,
-                         batch=args.batch, tta_batch=args.tta_batch, tent_steps=args.tent_steps,
-                         names=tuple(args.names))
+    try:
+        config = StudyConfig(per_class=args.per_class, timesteps=args.timesteps, feedback_seed=args.feedback_seed,
+                             backbone_seed=args.backbone_seed, batch=args.batch, tta_batch=args.tta_batch,
+                             tent_steps=args.tent_steps, names=tuple(args.names))
+    except ValueError as err:
+        parser.error(str(err))
+    names = tuple(args.value_sets or (("paper", "tuned") if args.backbone_seed == 0 else ("paper",)))
+    target = committed_path(config, names)
+    if args.out is None and target is None:
+        parser.error("this is not a committed configuration (other sizes, a subset of corruptions or value sets): "
+                     "give it a scratch result file with --out, e.g. --out /tmp/ch5.json")
+    out = args.out or target
+    try:  # before any compute
+        chunks.check_output(out, kind="file", committed=target is not None and pathlib.Path(out).resolve()
+                            == target.resolve())
+    except ValueError as err:
+        parser.error(str(err))
     tuned, tuned_sha = read_tuned(args.tuned)
-    value_sets = {"paper": PAPER, "tuned": tuned}
+    value_sets = {k: {"paper": PAPER, "tuned": tuned}[k] for k in names}
     result = run_study(config, value_sets, chunk_dir=args.chunk_dir, log=lambda m: print(m, flush=True),
                        device=args.device)
     result["tuned_hparams"] = {"file": args.tuned.name, "sha256": tuned_sha}
     command = "python -m pcnet.experiments.corruption_study " + " ".join(argv if argv is not None else sys.argv[1:])
-    sha = weights.save_json_result(args.out, result, command=command.strip(), seed=config.feedback_seed,
+    sha = weights.save_json_result(out, result, command=command.strip(), seed=config.feedback_seed,
                                    extra={"tuned_hparams_file": str(args.tuned.name), "tuned_hparams_sha256": tuned_sha,
                                           "cpu_seconds_total": round(sum(result["cpu_seconds"].values()), 1)})
-    print(f"wrote {args.out} (sha256 {sha})")
+    print(f"wrote {out} (sha256 {sha})")
 
 
 if __name__ == "__main__":

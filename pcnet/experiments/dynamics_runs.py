@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import pathlib
-import time
 from functools import lru_cache
 
 import torch
@@ -230,35 +229,37 @@ def plan(cfg: Config, tuned: dict | None) -> list[tuple[str, object]]:
     return chunks
 
 
-def _body_sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+COMMAND = "python -m pcnet.experiments.dynamics_runs"
 
 
-def _cached(cache: pathlib.Path, key: str) -> dict | None:
-    """The chunk's stored record if it exists and its hash checks out, else None."""
-    path = cache / (key.replace("/", "__") + ".json")
-    if path.exists():
-        record = json.loads(path.read_text())
-        if _body_sha(record["result"]) == record.get("sha256"):
-            return record
-    return None
+def _backbone_of(key: str) -> int:
+    """The backbone seed a chunk runs on: run/<values>/<seed>/... ; every other chunk uses backbone 0."""
+    parts = key.split("/")
+    return int(parts[2]) if parts[0] == "run" and len(parts) > 2 and parts[2].isdigit() else 0
 
 
-def _chunk(cache: pathlib.Path, key: str, thunk, *, revision: str = "") -> dict:
-    """The chunk's stored record if its hash checks out, else compute, time and write it atomically
+def _inputs(key: str) -> dict[str, str]:
+    """sha256 of every file the chunk reads: its backbone's and decoders' weights and Fashion-MNIST."""
+    from .chunks import reference_inputs
+
+    return reference_inputs(backbone_seed=_backbone_of(key), splits=("train", "test"))
+
+
+def store(cfg: Config, cache) -> "ChunkStore":
+    """Chapter 4's chunks under ``cache``, keyed by the config, the chunk (with the tuned values it uses) and the
+    files it reads (:mod:`pcnet.experiments.chunks`): a retrain or a new grid result never reuses an old chunk."""
+    from .chunks import ChunkStore
+
+    return ChunkStore(cache, study="ch4_dynamics", config=dataclasses.asdict(cfg), command=COMMAND,
+                      name_of=lambda job: job["chunk"])
+
+
+def _chunk(st, key: str, tuned: dict | None, thunk, *, revision: str = "") -> dict:
+    """The chunk's stored record if it exists for these inputs, else compute, time and write it atomically
     (``revision``: the git revision of the code this process imported, taken when it started)."""
-    from .files import write_text_atomic
-
-    record = _cached(cache, key)
-    if record is not None:
-        return record
-    path = cache / (key.replace("/", "__") + ".json")
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = thunk()
-    record = {"key": key, "result": result, "sha256": _body_sha(result), "git": revision,
-              "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
-    write_text_atomic(path, json.dumps(record) + "\n")
-    return record
+    job, inputs = {"chunk": key, "tuned": tuned}, _inputs(key)
+    st.run(job, inputs, thunk, git=revision)
+    return st.record(job, inputs)
 
 
 def compute(cfg: Config, *, cache: pathlib.Path, only: str | None = None, progress: bool = True) -> dict | None:
@@ -269,18 +270,19 @@ def compute(cfg: Config, *, cache: pathlib.Path, only: str | None = None, progre
     """
     from .weights import git_revision
 
-    cache, revision = pathlib.Path(cache) / cfg.digest(), git_revision()
+    st, revision = store(cfg, cache), git_revision()
     records: dict[str, dict] = {}
     bar = tqdm(desc="chapter 4 chunks", disable=not progress)
     for stage in (None, "tuned"):
-        grid = records.get("grid") or _cached(cache, "grid")
+        grid = records.get("grid") or st.record({"chunk": "grid", "tuned": None}, _inputs("grid"))
         if stage == "tuned" and grid is None:
             break  # with --only and no grid yet: the tuned values are unknown
         tuned = None if stage is None else grid["result"]["best"]
         for key, thunk in plan(cfg, tuned):
             if key not in records and (only is None or key.startswith(only)):
                 bar.set_postfix_str(key)
-                records[key] = _chunk(cache, key, thunk, revision=revision)
+                # in the second stage only the chunks that use the tuned values are left: they are keyed by them
+                records[key] = _chunk(st, key, tuned, thunk, revision=revision)
                 bar.update()
     bar.close()
     if only is not None:
@@ -324,7 +326,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.dynamics_runs", description=main.__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny parameters (tests); results go to --out")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="results folder (default: data/results)")
-    parser.add_argument("--cache", type=pathlib.Path, default=DATA_DIR / "cache" / "ch4_dynamics")
+    parser.add_argument("--cache", type=pathlib.Path, default=DATA_DIR / "chunks" / "ch4_dynamics",
+                        help="chunk folder (default: %(default)s, committed so a study is never lost)")
     parser.add_argument("--only", default=None, help="compute only chunks whose key starts with this (parallel "
                         "parts sharing --cache; a final run without --only assembles and saves)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is the most CPU-efficient)")
@@ -333,6 +336,12 @@ def main(argv=None) -> None:
         parser.error("--smoke writes tiny results: give it a scratch folder with --out (data/results holds the "
                      "committed ones)")
     args.out = args.out or DATA_DIR / "results"
+    from .chunks import check_output
+
+    try:  # before any compute: a file where the folder should be, or a committed folder for a smoke run
+        check_output(args.out, kind="dir", committed=not args.smoke)
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     cfg = SMOKE if args.smoke else Config()
     command = "python -m pcnet.experiments.dynamics_runs " + " ".join(sys.argv[1:] if argv is None else argv)

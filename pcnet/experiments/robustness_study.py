@@ -28,15 +28,14 @@ import time
 import torch
 from torch import nn
 
-from . import attacks, corruptions, data, models, weights
+from . import attacks, chunks, corruptions, data, models, weights
 from .attacks import MODELS, attacked_model
-from .files import write_text_atomic
 
 STUDY_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "autoattack")
 RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness.json"
 TUNED_RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness_tuned.json"
 TUNED_SOURCE = data.DATA_DIR / "results" / "ch4_tuned_hparams.json"  # written by pcnet.experiments.dynamics_runs
-CACHE_DIR = data.DATA_DIR / "cache" / "ch6_robustness"
+CACHE_DIR = data.DATA_DIR / "chunks" / "ch6_robustness"  # committed: a study can never be lost between sessions
 STUDY_VERSION = 1  # bump when a change alters what a job computes (old chunks then live in another folder)
 COMMAND = "nice -n 10 python -m pcnet.experiments.robustness_study"
 
@@ -47,6 +46,7 @@ class Config:
     per_class: int = 20                       # images per class (x 10 classes), class-stratified test subset
     subset_seed: int = 2
     decoder_seed: int = 0
+    backbone_seed: int = 0                    # which of the three independently trained backbones (and its decoders)
     timesteps: int = 6
     beta: float = 0.8
     lam: float = 0.1
@@ -171,8 +171,8 @@ def images(config: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def network(config: Config, *, device="cpu"):
     """The chapter-2 backbone with the chapter-3 decoders of ``decoder_seed`` at (beta, lam, alpha), on ``device``."""
-    return models.load_reference_prednet(seed=config.decoder_seed, beta=config.beta, lam=config.lam,
-                                         alpha=config.alpha).to(device)
+    return models.load_reference_prednet(seed=config.decoder_seed, backbone_seed=config.backbone_seed,
+                                         beta=config.beta, lam=config.lam, alpha=config.alpha).to(device)
 
 
 def _device(net) -> torch.device:
@@ -207,36 +207,35 @@ def sanity_checks(net, x: torch.Tensor, y: torch.Tensor, *, timesteps: int, larg
 
 
 # --------------------------------------------------------------------------- chunks on disk
-def _chunk_path(cache: pathlib.Path, config: Config, job: Job) -> pathlib.Path:
-    return pathlib.Path(cache) / config.digest() / f"{job.key}.json"
+def store(config: Config, *, cache=CACHE_DIR) -> chunks.ChunkStore:
+    """The study's chunks under ``cache``, keyed by the config, the job and the files it reads (:func:`inputs`)."""
+    return chunks.ChunkStore(cache, study=f"ch6_robustness/v{STUDY_VERSION}", config=dataclasses.asdict(config),
+                             command=COMMAND, name_of=lambda job: Job(**job).key)
 
 
-def save_chunk(path: pathlib.Path, job: Job, result: dict, *, cpu_seconds: float | None = None,
+def inputs(config: Config) -> dict[str, str]:
+    """sha256 of every file a job reads: the backbone and decoder weights and the Fashion-MNIST test split."""
+    return chunks.reference_inputs(backbone_seed=config.backbone_seed, decoder_seed=config.decoder_seed,
+                                   splits=("test",))
+
+
+def save_chunk(st: chunks.ChunkStore, job: Job, digests: dict, result: dict, *, cpu_seconds: float | None = None,
                git: str | None = None) -> None:
-    """Atomically write one job's result with the sha256 of its canonical JSON (``cpu_seconds``: the job's
-    measured CPU time, kept beside the hashed body for planning; ``git``: the revision that computed it)."""
-    body = {"job": dataclasses.asdict(job), "result": result}
-    doc = {**body, "sha256": hashlib.sha256(weights._canonical(body)).hexdigest(), "cpu_seconds": cpu_seconds,
-           "git": weights.git_revision() if git is None else git}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(doc) + "\n")
+    """Atomically write one job's result, keyed by its content (``cpu_seconds``: the job's measured CPU time;
+    ``git``: the revision that computed it)."""
+    st.save(dataclasses.asdict(job), digests, result, cpu_s=cpu_seconds,
+            git=weights.git_revision() if git is None else git)
 
 
-def load_chunk(path: pathlib.Path, job: Job) -> dict | None:
-    """A finished job's result, or None when absent; raises if the file does not match its hash or its job."""
-    if not path.exists():
-        return None
-    doc = json.loads(path.read_text())
-    body = {"job": doc.get("job"), "result": doc.get("result")}
-    if hashlib.sha256(weights._canonical(body)).hexdigest() != doc.get("sha256"):
-        raise RuntimeError(f"chunk {path} does not match its sha256; delete it and rerun {COMMAND}")
-    if doc["job"] != dataclasses.asdict(job):
-        raise RuntimeError(f"chunk {path} holds job {doc['job']}, expected {dataclasses.asdict(job)}; delete it")
-    return doc["result"]
+def load_chunk(st: chunks.ChunkStore, job: Job, digests: dict) -> dict | None:
+    """A finished job's result, or None when absent; raises :class:`chunks.ChunkError` naming the file when it is
+    damaged, edited, or holds another job's result."""
+    return st.load(dataclasses.asdict(job), digests)
 
 
 def _undone(config: Config, cache, n_images: int) -> list[tuple[int, Job]]:
-    return [(i, j) for i, j in enumerate(jobs(config, n_images)) if load_chunk(_chunk_path(cache, config, j), j) is None]
+    st, digests = store(config, cache=cache), inputs(config)
+    return [(i, j) for i, j in enumerate(jobs(config, n_images)) if load_chunk(st, j, digests) is None]
 
 
 def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, shard: tuple[int, int] = (0, 1),
@@ -248,6 +247,7 @@ def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, sha
     if not 0 <= i < n:
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     _, x, y = images(config)
+    st, digests = store(config, cache=cache), inputs(config)
     todo = [j for k, j in _undone(config, cache, len(x)) if k % n == i][:max_jobs]
     net = network(config, device=device) if todo else None
     revision = weights.git_revision()  # the code this process imported (HEAD may move while it runs)
@@ -256,7 +256,7 @@ def compute(config: Config, *, cache=CACHE_DIR, max_jobs: int | None = None, sha
         torch.manual_seed(config.attack_seed)  # torchattacks draws its random starts from torch's global RNG
         start = time.process_time()
         result = run_job(job, net, x[block], y[block], config)
-        save_chunk(_chunk_path(cache, config, job), job, result, cpu_seconds=time.process_time() - start, git=revision)
+        save_chunk(st, job, digests, result, cpu_seconds=time.process_time() - start, git=revision)
     return len(_undone(config, cache, len(x)))
 
 
@@ -276,8 +276,9 @@ def assemble(config: Config, *, cache=CACHE_DIR, device="cpu") -> dict:
     """The study as plain JSON from the finished chunks; raises (naming the command) if any job is missing."""
     idx, x, y = images(config)
     runs, missing = {}, []
+    st, digests = store(config, cache=cache), inputs(config)
     for job in jobs(config, len(x)):
-        result = load_chunk(_chunk_path(cache, config, job), job)
+        result = load_chunk(st, job, digests)
         if result is None:
             missing.append(job.key)
             continue
@@ -318,13 +319,13 @@ def study(config: Config, *, recompute: bool = False, path=RESULT_PATH, cache=CA
 def progress(config: Config, *, cache=CACHE_DIR) -> dict:
     """{run: [blocks done, blocks in all, CPU seconds of the done blocks (None where not measured)]}."""
     _, x, _ = images(config)
-    out = {}
+    out, st, digests = {}, store(config, cache=cache), inputs(config)
     for job in jobs(config, len(x)):
-        path = _chunk_path(cache, config, job)
         entry = out.setdefault(job.run, [0, 0, 0.0])
         entry[1] += 1
-        if load_chunk(path, job) is not None:
-            cpu = json.loads(path.read_text()).get("cpu_seconds")
+        record = st.record(dataclasses.asdict(job), digests)
+        if record is not None:
+            cpu = record.get("cpu_s")
             entry[0] += 1
             entry[2] = None if cpu is None or entry[2] is None else entry[2] + cpu
     return out
@@ -350,11 +351,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     config = Config.tuned(smoke=args.smoke) if args.tuned else Config.smoke() if args.smoke else Config()
     out = args.out or str(TUNED_RESULT_PATH if args.tuned else RESULT_PATH)
+    try:  # before any compute: a bad target or a committed file for another configuration stops here
+        shard = chunks.parse_shard(args.shard)
+        chunks.check_output(out, kind="file", committed=not args.smoke)
+    except ValueError as err:
+        parser.error(str(err))
     if args.status:
         for run, (done, total, cpu) in progress(config, cache=pathlib.Path(args.cache)).items():
             print(f"{run:45s} {done}/{total} blocks" + ("" if cpu is None or not done else f", {cpu:.0f} CPU-s"))
         return 0
-    shard = tuple(int(v) for v in args.shard.split("/"))
     remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs, shard=shard, device=args.device)
     if remaining:
         print(f"{remaining} jobs remain; rerun the same command to resume")
