@@ -40,6 +40,9 @@ def test_short_labels_move_the_shared_words_to_the_title():
     # a shared prefix that is part of a word stays in the labels; one contrast keeps its label
     assert V.short_labels(["clean: a", "cleanish: b"]) == ("", ["clean: a", "cleanish: b"])
     assert V.short_labels(["only one"]) == ("", ["only one"])
+    # a title that would end in "=" (the value would go to the labels) stays in the labels
+    assert V.short_labels(["eps = 0.01: t = 6 minus t = 0", "eps = 0.02: t = 6 minus t = 0"]) == (
+        "", ["eps = 0.01: t = 6 minus t = 0", "eps = 0.02: t = 6 minus t = 0"])
     # the cut falls between whole words
     assert V.short_labels(["a b", "a b c"]) == ("a", ["b", "b c"])
 
@@ -103,12 +106,12 @@ def test_forest_plot_draws_estimates_intervals_mde_and_the_null_line():
     matplotlib.pyplot.close(fig)
 
 
-def test_forest_plot_refuses_a_mixed_family_and_show_family_splits_it():
+def test_forest_plot_refuses_a_mixed_family_and_family_plot_splits_it():
     ratio = V.Verdict("mCE: dynamics", 2000, 1.011, 1.005, 1.017, 0.009, "BCa bootstrap", 0.001, null=1.0,
                       higher_is_better=False, unit="", digits=3)
     diff = V.Verdict("mCE: dynamics - rescale", 2000, -0.015, -0.025, -0.006, 0.014, "BCa bootstrap", 0.001,
                      higher_is_better=False, unit="", digits=3)
-    with pytest.raises(ValueError, match="mix no-effect values.*show_family"):
+    with pytest.raises(ValueError, match="mix no-effect values.*family_plot"):
         plotting.forest_plot([ratio, diff])
     assert plotting.family_groups([ratio, diff, ratio]) == [[ratio, ratio], [diff]]
     with pytest.raises(ValueError, match="empty"):
@@ -117,16 +120,17 @@ def test_forest_plot_refuses_a_mixed_family_and_show_family_splits_it():
         plotting.forest_plot(_family(), labels=["a", "b"])
 
 
-def test_show_family_plots_one_panel_per_null_and_collapses_the_table(monkeypatch):
+def test_family_plot_has_one_panel_per_null_and_show_table_collapses_the_table(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
     ratio = V.Verdict("mCE: dynamics", 2000, 1.011, 1.005, 1.017, 0.009, "BCa bootstrap", 0.001, null=1.0,
                       higher_is_better=False, unit="", digits=3)
     fam = V.holm_family([ratio, *[V.Verdict(f"mCE: d - {c}", 2000, -0.015, -0.025, -0.006, 0.014, "BCa bootstrap",
                                             0.001, higher_is_better=False, unit="", digits=3) for c in "ab"]])
-    fig = plotting.show_family(fam, summary="table")
+    fig = plotting.family_plot(fam)
     assert len(fig.axes) == 2 and [len(ax.containers) for ax in fig.axes] == [1, 2]
     assert [ln.get_xdata()[0] for ax in fig.axes for ln in ax.lines if ln.get_label().startswith("no effect")] == [1, 0]
+    text = plotting.show_table(fam, summary="table")
     (html,) = shown
-    assert html.data.startswith('<details class="verdict-table"><summary>table (mCE)</summary>')
+    assert html.data == text and text.startswith('<details class="verdict-table"><summary>table (mCE)</summary>')
     matplotlib.pyplot.close(fig)

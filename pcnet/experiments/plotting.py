@@ -109,7 +109,7 @@ def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
     (Holm-corrected) verdict (``EFFECT_COLORS``); a light band of +- the minimum detectable effect around the
     no-effect value (an effect inside it is one the design could miss); a vertical line at the no-effect value.
     ``labels``: one per verdict (default: the contrasts without their shared prefix, which becomes the title).
-    All verdicts must share the no-effect value and unit (split a mixed family: :func:`show_family` does)."""
+    All verdicts must share the no-effect value and unit (split a mixed family: :func:`family_plot` does)."""
     import matplotlib.pyplot as plt
 
     from . import verdicts as V
@@ -120,7 +120,7 @@ def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
     kinds = {(v.null, v.unit) for v in verdicts}
     if len(kinds) > 1:
         raise ValueError(f"forest_plot: the verdicts mix no-effect values and units {sorted(kinds)}; plot each on "
-                         "its own axis (plotting.show_family splits a family that way)")
+                         "its own axis (plotting.family_plot splits a family that way)")
     prefix, short = V.short_labels([v.contrast for v in verdicts])
     labels = short if labels is None else list(labels)
     if len(labels) != len(verdicts):
@@ -155,24 +155,33 @@ def family_groups(verdicts) -> list[list]:
     return list(groups.values())
 
 
-def show_family(verdicts, *, title: str | None = None, summary: str = "the table of this family"):
-    """Show a verdict family in a notebook: its forest plot (one panel per no-effect value and unit), then its
-    table, numbers formatted to what they carry, collapsed beneath the plot. Returns the figure."""
+def family_plot(verdicts, *, title: str | None = None):
+    """A verdict family's forest plot, one panel per no-effect value and unit (:func:`family_groups`); returns
+    the figure. Show it alone in its cell (a figure caption then applies to it only), the table in the next
+    (:func:`show_table`)."""
     import matplotlib.pyplot as plt
-    from IPython.display import HTML, display
-
-    from . import verdicts as V
 
     groups = family_groups(verdicts)
-    fig, axes = plt.subplots(len(groups), 1, squeeze=False, layout="constrained",
-                             figsize=(MAX_WIDTH, sum(0.9 + 0.32 * len(g) for g in groups)),
-                             gridspec_kw={"height_ratios": [0.9 + 0.32 * len(g) for g in groups]})
+    if not groups:
+        raise ValueError("family_plot: the family is empty; pass at least one Verdict")
+    heights = [0.9 + 0.32 * len(g) for g in groups]
+    fig, axes = plt.subplots(len(groups), 1, squeeze=False, layout="constrained", figsize=(MAX_WIDTH, sum(heights)),
+                             gridspec_kw={"height_ratios": heights})
     for ax, group in zip(axes[:, 0], groups):
         forest_plot(group, ax=ax)
     if title:
         fig.suptitle(title, fontsize=12)
-    plt.show()
-    frame = V.table(verdicts)
-    display(HTML(V.details_html(frame, summary=f"{summary} ({frame.attrs['title']})" if frame.attrs["title"]
-                                else summary)))
     return fig
+
+
+def show_table(verdicts, *, summary: str = "the table of this family") -> str:
+    """Display a family's table (numbers formatted to what they carry) collapsed under ``summary`` (an HTML
+    ``<details>`` block); returns the HTML."""
+    from IPython.display import HTML, display
+
+    from . import verdicts as V
+
+    frame = V.table(verdicts)
+    text = V.details_html(frame, summary=f"{summary} ({frame.attrs['title']})" if frame.attrs["title"] else summary)
+    display(HTML(text))
+    return text

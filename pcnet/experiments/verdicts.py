@@ -140,7 +140,7 @@ def short_labels(contrasts: Sequence[str]) -> tuple[str, list[str]]:
         while not c.startswith(prefix):
             prefix = prefix[:-1]
     prefix = prefix[:prefix.rfind(" ") + 1] if " " in prefix else ""  # a whole number of words (ends in a space)
-    if any(not c[len(prefix):].strip() for c in contrasts):
+    if prefix.strip().endswith(("=", "(", "[")) or any(not c[len(prefix):].strip() for c in contrasts):
         return "", contrasts
     return prefix.strip().rstrip(":").strip(), [c[len(prefix):] for c in contrasts]
 
