@@ -65,7 +65,9 @@ def _decoders(model, layers, input_shape, probed, given) -> list[nn.Module]:
         wiring.check_materialised(d, what=f"decoder {n}")
         if p is not None:
             d.to(device=p.device, dtype=p.dtype)
-        out_shape = _output_shape(d, shapes[n], n=n)
+        out_shape, in_place = _output_shape(d, shapes[n], n=n)
+        if in_place and not any(h is dec.clone_input for h in d._forward_pre_hooks.values()):
+            d.register_forward_pre_hook(dec.clone_input)  # e.g. a leading ReLU(inplace=True) would rewrite e_n
         if out_shape != tuple(targets[n]):
             below = "the image" if n == 0 else f"layer {layers[n - 1]!r}"
             raise ValueError(f"decoder {n} (for layer {layers[n]!r}) maps {tuple(shapes[n])} to {out_shape}, "
@@ -73,16 +75,19 @@ def _decoders(model, layers, input_shape, probed, given) -> list[nn.Module]:
     return given
 
 
-def _output_shape(decoder: nn.Module, source, *, n: int) -> tuple:
-    """The decoder's output shape for one state of shape ``source``, computed on the meta device (no compute)."""
+def _output_shape(decoder: nn.Module, source, *, n: int) -> tuple[tuple, bool]:
+    """The decoder's output shape for one state of shape ``source``, computed on the meta device (no compute),
+    and whether it changes its input in place (then :func:`pcnet.decoders.clone_input` protects the state)."""
     meta = {k: torch.empty_like(v, device="meta") for k, v in list(decoder.named_parameters()) + list(decoder.named_buffers())}
     try:
-        out = torch.func.functional_call(decoder, meta, (torch.empty(1, *source, device="meta"),))
+        state = torch.empty(1, *source, device="meta")  # (1, C, H, W)
+        out = torch.func.functional_call(decoder, meta, (state,))
     except (NotImplementedError, RuntimeError):  # a layer without meta support: run it for real
         p = next(decoder.parameters())
+        state = torch.zeros(1, *source, device=p.device, dtype=p.dtype)  # (1, C, H, W)
         with torch.no_grad():
-            out = decoder(torch.zeros(1, *source, device=p.device, dtype=p.dtype))
+            out = decoder(state)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"decoder {n} returns {type(out).__name__}, not one tensor; make its forward return only "
                         f"the prediction")
-    return tuple(out.shape[1:])
+    return tuple(out.shape[1:]), state._version != 0

@@ -30,6 +30,13 @@ def auto_decoder(*, source: tuple[int, ...], target: tuple[int, ...], relu: bool
     return nn.Sequential(*layers)
 
 
+def clone_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook that :func:`pcnet.predify` puts on a decoder that changes its input in place (e.g. one
+    beginning with ``ReLU(inplace=True)``): the decoder then gets a copy, so the state e_n it reads stays as it was
+    and the logits equal those of the same decoder out of place."""
+    return (args[0].clone(), *args[1:])  # (B, C, H, W)
+
+
 def supports_adjoint(decoder: nn.Module) -> bool:
     """True when every layer of ``decoder`` has a direct adjoint (see module docstring)."""
     if not isinstance(decoder, nn.Sequential):
@@ -73,6 +80,8 @@ def forward_with_tape(decoder: nn.Sequential, state: torch.Tensor, *,
         tape.append((m, h.shape))  # each layer with its input shape
         if isinstance(m, nn.ReLU) and workspace is not None and h is not state:
             h = torch.relu_(h)  # (B, C, H, W): an intermediate of this decoder, free to overwrite
+        elif isinstance(m, nn.ReLU):
+            h = torch.relu(h)  # (B, C, H, W): never in place on the state, even for ReLU(inplace=True)
         else:
             h = _as_conv2d(m, h) if _stride_one_transposed(m) else m(h)
         if isinstance(m, nn.ReLU):

@@ -84,3 +84,28 @@ def test_labels_from_numpy_work():
     from pcnet.experiments import metrics
     x, labels, oracle = _column_label_data()
     assert metrics.accuracy_per_timestep(oracle(x), labels.numpy()) == 1.0
+
+
+# --------------------------------------------------------------------------- decoders that change their input in place
+def _states_can_be_negative_prednet(inplace):
+    """small_cnn with PCoders at its two convolutions (states of both signs), decoders beginning with a ReLU."""
+    from torch import nn
+    torch.manual_seed(0)
+    decoders = [nn.Sequential(nn.ReLU(inplace=inplace), nn.ConvTranspose2d(4, 1, 3, padding=1)),
+                nn.Sequential(nn.ReLU(inplace=inplace), nn.Upsample(scale_factor=2), nn.ConvTranspose2d(6, 4, 3, padding=1))]
+    return pcnet.predify(small_cnn(), layers=["0", "3"], input_shape=(1, 16, 16), decoders=decoders, alpha=0.05)
+
+
+def test_in_place_decoder_gives_the_same_logits_as_out_of_place():
+    """A decoder beginning with ReLU(inplace=True) rewrote e_n: logits differed by 7.5e-2 (grad mode) and 2.7e-3
+    (fast path), the feedback loss of layer 2 halved. predify now gives it a copy of the state."""
+    inplace, plain = _states_can_be_negative_prednet(True), _states_can_be_negative_prednet(False)
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))  # (3, 1, 16, 16)
+    with torch.no_grad():
+        assert (plain.feedforward(x)[0][0] < 0).any()  # the ReLU does change the state if it acts in place
+        assert torch.equal(inplace(x, timesteps=4), plain(x, timesteps=4))  # the fast path (adjoint decoders)
+        assert torch.equal(inplace(x, timesteps=4, reference=True), plain(x, timesteps=4, reference=True))
+    assert torch.allclose(inplace(x, timesteps=4), plain(x, timesteps=4), atol=1e-6, rtol=0)  # grad mode
+    assert torch.equal(pcnet.feedback_loss(inplace, x)[1], pcnet.feedback_loss(plain, x)[1])
+    errors = [n.run(x, timesteps=2, record=("errors",)).errors for n in (inplace, plain)]
+    assert torch.allclose(*errors, atol=1e-6, rtol=0)
