@@ -57,6 +57,75 @@ def test_cli_feedback_that_diverges_exits_nonzero_and_saves_nothing(tmp_path, mo
     assert not (tmp_path / "weights").exists() and not (tmp_path / "MANIFEST.json").exists()
 
 
+def test_train_feedback_that_diverges_finitely_refuses_and_restores(net):
+    """lr=1e6 keeps every value finite (losses near 1e13, issue 20): still refused, decoders put back."""
+    before = _copy(net.decoders)
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch 1 \(lr=1000000.0\).*times the first batch's"
+                                                 r".*Lower the learning rate \(e.g. lr=10000\).*put back"):
+        train.train_feedback(net, _images(64), epochs=2, batch_size=16, lr=1e6, seed=0, progress=False)
+    assert _same(_copy(net.decoders), before)
+    history = train.train_feedback(net, _images(64), epochs=2, batch_size=16, lr=1e-2, seed=0, progress=False)
+    assert sum(history["epoch_loss"][-1]) < sum(history["step_loss"][0])  # a sane lr trains and is kept
+
+
+def test_cli_feedback_at_lr_1e6_exits_nonzero_and_saves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(models, "load_reference_backbone", lambda name, backbone_seed=0: models.fmnist_vgg().eval())
+    monkeypatch.setattr(train, "reference_data", lambda name, split: _images_28(128))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["feedback", "--lr", "1e6", "--epochs", "1", "--batch-size", "32", "--val-size", "32"])
+    assert "diverged at epoch 1" in str(exit_info.value.code) and "Nothing was saved" in str(exit_info.value.code)
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "MANIFEST.json").exists()
+
+
+class _ImagesOnly(torch.utils.data.Dataset):
+    """A map-style dataset whose items are bare images, as a user's unlabelled data set would be."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+def test_train_feedback_takes_images_without_labels():
+    """A tensor, an image-only dataset, labelled datasets and DataLoaders over them all train the same decoders."""
+    x, y = _images(48).tensors
+    loader = torch.utils.data.DataLoader
+    sources = {"tensor": x, "TensorDataset(images)": TensorDataset(x), "labelled": TensorDataset(x, y),
+               "images-only Dataset": _ImagesOnly(x), "DataLoader": loader(TensorDataset(x, y), batch_size=5),
+               "DataLoader(images)": loader(_ImagesOnly(x), batch_size=7),
+               "Subset": torch.utils.data.Subset(TensorDataset(x, y), range(48))}
+    results = {}
+    for name, source in sources.items():
+        net = small_prednet()
+        history = train.train_feedback(net, source, val_set=source, epochs=1, batch_size=16, lr=1e-2, seed=0,
+                                       progress=False)
+        results[name] = (history["step_loss"], history["val_loss"], _copy(net.decoders))
+    ref = results["labelled"]
+    for name, (steps, val, state) in results.items():
+        assert steps == ref[0] and val == ref[1] and _same(state, ref[2]), name
+    assert len(ref[0]) == 3 and ref[1][0][0] > 0
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ([[0.5, 0.2]], TypeError, r"train_set must be images, got list; pass a tensor of images \(N, C, H, W\)"),
+    ("images/", TypeError, "train_set must be images, got str"),
+    (torch.rand(16, 16), ValueError, r"at least one image of shape \(C, H, W\), got images of shape \(16, 16\)"),
+    (_ImagesOnly([1, 2, 3]), TypeError, r"items are int, not image tensors \(add a transforms.ToTensor\(\)\)"),
+    (_ImagesOnly([]), ValueError, "train_set is empty"),
+    (torch.utils.data.DataLoader(_ImagesOnly([{"x": 1}]), batch_size=1), TypeError, "DataLoader gave dict"),
+], ids=["list", "str", "2-D tensor", "ints", "empty", "loader of dicts"])
+def test_train_feedback_bad_data_names_what_to_pass(net, bad, error, match):
+    before = _copy(net.decoders)
+    with pytest.raises(error, match=match):
+        train.train_feedback(net, bad, epochs=1, batch_size=16, lr=1e-3, seed=0, progress=False)
+    assert _same(_copy(net.decoders), before)
+
+
 def _images_28(n):
     g = torch.Generator().manual_seed(0)
     return TensorDataset(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))

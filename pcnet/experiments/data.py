@@ -290,3 +290,43 @@ def as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=1000)
     xs, ys = zip(*loader)
     return torch.cat(xs), torch.cat(ys).long()
+
+
+def images_of(data, *, what: str = "train_set") -> torch.Tensor:
+    """All images of ``data`` as one tensor (N, C, H, W); labels, if any, are ignored.
+
+    ``data``: a tensor (N, C, H, W); a dataset whose items are an image (C, H, W) or a tuple whose first element
+    is one (``TensorDataset(images)``, ``TensorDataset(images, labels)``, an ImageFolder); or a DataLoader over
+    either, read once (its batches are concatenated; its batch size and order do not matter to the caller).
+    """
+    def first(item):
+        return item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
+
+    fix = (f"pass a tensor of images (N, C, H, W), a Dataset whose items are an image or (image, label), or a "
+           f"DataLoader over one")
+    if isinstance(data, torch.Tensor):
+        images = data
+    elif isinstance(data, TensorDataset):
+        images = data.tensors[0]
+    elif isinstance(data, Subset) and isinstance(data.dataset, (TensorDataset, Subset)):
+        images = images_of(data.dataset, what=what)[torch.as_tensor(data.indices, dtype=torch.long)]  # (n,C,H,W)
+    elif isinstance(data, torch.utils.data.DataLoader):
+        images = [first(batch) for batch in data]
+        if not images or not all(isinstance(b, torch.Tensor) for b in images):
+            raise TypeError(f"{what}: the DataLoader gave {type(images[0]).__name__ if images else 'no batches'}, "
+                            f"not image tensors; {fix}")
+        images = torch.cat(images)  # (N, C, H, W)
+    elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        if len(data) == 0:
+            raise ValueError(f"{what} is empty; pass at least one image")
+        items = [first(data[i]) for i in range(len(data))]
+        if not all(isinstance(i, torch.Tensor) for i in items):
+            raise TypeError(f"{what}: its items are {type(items[0]).__name__}, not image tensors (add a "
+                            f"transforms.ToTensor()); {fix}")
+        images = torch.stack(items)  # (N, C, H, W)
+    else:
+        raise TypeError(f"{what} must be images, got {type(data).__name__}; {fix}")
+    if images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"{what} must hold at least one image of shape (C, H, W), got images of shape "
+                         f"{tuple(images.shape)}; {fix} (a single image: x.unsqueeze(0))")
+    return images

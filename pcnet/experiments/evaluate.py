@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from pcnet.experiments import devices
-from pcnet.experiments.data import as_tensors
+from pcnet.experiments.data import as_tensors, images_of
 from pcnet.experiments.metrics import class_labels
 
 Corruption = Callable[..., torch.Tensor]  # corrupt(x, *, generator) -> x_corrupted
@@ -214,10 +214,11 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, *, num_cla
 
 @torch.no_grad()
 def feedback_loss_on(net, dataset, *, batch_size: int = 500) -> torch.Tensor:
-    """Per-layer reconstruction loss (eq-feedback-loss) of `net` averaged over `dataset`: Tensor(N)."""
+    """Per-layer reconstruction loss (eq-feedback-loss) of `net` averaged over `dataset` (images, a dataset of
+    images or (image, label) pairs, or a DataLoader: see `data.images_of`): Tensor(N)."""
     import pcnet
 
-    x, _ = as_tensors(dataset)
+    x = images_of(dataset, what="dataset")  # (N, C, H, W)
     device, dtype = devices.of(net)
     per_layer = [pcnet.feedback_loss(net, xb.to(device, dtype))[1] * len(xb) for xb in x.split(batch_size)]  # each (N,)
     return (torch.stack(per_layer).sum(0) / len(x)).cpu()

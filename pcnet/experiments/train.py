@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from pcnet.experiments import devices
 
 from . import evaluate
-from .data import as_tensors
+from .data import as_tensors, images_of
 from .early_stopping import EarlyStopping
 from .files import save_torch_atomic
 from .schedule import lr_at
@@ -53,6 +53,7 @@ __all__ = [
 # Full parameters of the committed reference runs (the chapters' parameters cells use the same).
 BACKBONE_DEFAULTS = dict(epochs=4, batch_size=128, lr=3e-3, val_size=5000)
 FEEDBACK_DEFAULTS = dict(epochs=2, batch_size=64, lr=1e-2, val_size=5000)
+DIVERGED = 10.0  # feedback training has diverged when an epoch's mean loss exceeds this times the first batch's
 
 
 def _batches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -176,13 +177,16 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
                    checkpoint=None, val_set=None, progress: bool = True, precision: str | None = None,
                    run_options: dict | None = None, patience: int | None = None) -> dict:
     """Train only the decoders of PredNet `net` on eq-feedback-loss (Adam, schedule of `lr_at`); the
-    backbone stays frozen in eval mode, BatchNorm running statistics included. history: `step_loss`
+    backbone stays frozen in eval mode, BatchNorm running statistics included. No labels are needed:
+    `train_set` (and `val_set`) is a tensor of images (N, C, H, W), a dataset of images or of (image, label)
+    pairs, or a DataLoader over either (read once; labels are ignored; see `data.images_of`). history: `step_loss`
     (per batch and layer), `epoch_loss`, `val_loss` (per epoch and layer), `seconds`.
 
     Batches go to the network's device and dtype (`net.to("cuda")` trains on the GPU); `precision="bf16"`
     runs the steps under bf16 autocast (fp16 would need loss scaling: use bf16).
     A non-finite loss, gradient or weight stops training with a FloatingPointError naming the batch, and the
-    decoders are put back as they were when this call started (or resumed). A `checkpoint` is resumed only
+    decoders are put back as they were when this call started (or resumed); so does a finite divergence, an
+    epoch whose mean summed loss exceeds `DIVERGED` times the first batch's. A `checkpoint` is resumed only
     when the options, a sha256 of the training data and `run_options` match.
 
     `patience` (needs `val_set`): early stopping — stop once the summed validation loss has not improved for
@@ -198,7 +202,7 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
         raise ValueError("patience (early stopping) watches the validation loss: pass val_set too")
     stopper = EarlyStopping(patience=patience) if patience is not None else None
     torch.manual_seed(seed)
-    x, _ = as_tensors(train_set)
+    x = images_of(train_set, what="train_set")  # (N, C, H, W): labels, if any, are not used
     device, dtype = devices.of(net)
     optimizer = torch.optim.Adam(net.decoders.parameters(), lr=lr)
     config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), data=data_fingerprint(x),
@@ -224,6 +228,7 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
                                          f"before training") from err
         history["step_loss"] += torch.stack(losses).tolist()
         history["epoch_loss"].append(torch.stack(losses).mean(0).tolist())
+        _check_diverged(history, net, initial, epoch=epoch, lr=lr)
         history["val_loss"].append(evaluate.feedback_loss_on(net, val_set).tolist() if val_set is not None else None)
         history["seconds"].append(time.perf_counter() - t0)
         if stopper is not None:
@@ -234,6 +239,19 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
         history.update(best_epoch=stopper.best_epoch, epochs_run=len(history["epoch_loss"]))
     net.eval()
     return history
+
+
+def _check_diverged(history, net, initial, *, epoch: int, lr: float) -> None:
+    """Raise FloatingPointError (decoders put back to ``initial``) when the last epoch's mean summed loss exceeds
+    ``DIVERGED`` times the first batch's: finite but exploding weights (e.g. lr=1e6 gives losses of 1e13)."""
+    first, last = sum(history["step_loss"][0]), sum(history["epoch_loss"][-1])
+    if not last > DIVERGED * first:
+        return
+    net.decoders.load_state_dict(initial)
+    raise FloatingPointError(f"feedback training diverged at epoch {epoch + 1} (lr={lr}): its mean loss {last:.4g} is "
+                             f"{last / first:.3g} times the first batch's {first:.4g} (limit {DIVERGED:g} times). "
+                             f"Lower the learning rate (e.g. lr={lr / 100:g}). The decoders were put back as they "
+                             f"were before training")
 
 
 # ---------------------------------------------------------------------------------------------
