@@ -154,6 +154,7 @@ class PredNet(nn.Module):
 
         with wiring.hooked(self.pc_modules(), record):
             logit = self.backbone(x)  # (B, K)
+        self._check_all_ran(len(states))
         return states, logit
 
     def predict(self, x, states, coef, *, always=False, detach_error=False):
@@ -191,6 +192,7 @@ class PredNet(nn.Module):
 
         with wiring.hooked(self.pc_modules(), replace):
             logit = self.backbone(x)  # (B, K)
+        self._check_all_ran(len(new_states))
         return new_states, logit
 
     # ----------------------------------------------------------------- shared by both implementations
@@ -235,8 +237,18 @@ class PredNet(nn.Module):
 
     # ----------------------------------------------------------------- checks
     def _check_order(self, n, done):
+        if n > done:
+            self._check_all_ran(done)
         if n != done:
             raise RuntimeError(f"layer {self.layers[n]!r} ran twice or out of order in one forward pass")
+
+    def _check_all_ran(self, done):
+        """After (or during) a backbone pass in which ``done`` PCoder layers ran: a clear error if one was skipped
+        (grad mode would otherwise run no dynamics at all, t = T equal to t = 0, and the fast path crash)."""
+        if done < len(self.layers):
+            raise RuntimeError(f"layer {self.layers[done]!r} did not run in this forward pass: the backbone's forward "
+                               f"skipped it (e.g. on a branch that depends on the input or a flag), so its PCoder has "
+                               f"no state; put PCoders only on modules that run in every forward pass")
 
     @staticmethod
     def check_finite(tensor, what, t=None):

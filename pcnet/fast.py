@@ -78,8 +78,7 @@ def step(net, x, states, feedback, grads, coef, t, recorder, *, suffix, first_fe
     new_states = []
 
     def replace(n, feedforward):
-        if n != len(new_states):
-            raise RuntimeError(f"layer {net.layers[n]!r} ran twice or out of order in one forward pass")
+        net._check_order(n, len(new_states))
         out = dec.scratch(workspace, ("new state", n, t % 2), feedforward)  # not the buffer of e_n(t)
         new = dynamics.update_state(states[n], feedforward=feedforward, prediction=feedback[n], error_grad=grads[n],
                                     out=out, **coef["at"][n])  # (B, C_n, H_n, W_n)
@@ -92,9 +91,11 @@ def step(net, x, states, feedback, grads, coef, t, recorder, *, suffix, first_fe
     if suffix is None:
         with wiring.hooked(modules, replace):
             logit = net.backbone(x)  # (B, K)
+        net._check_all_ran(len(new_states))
         return new_states, logit
     with wiring.hooked(modules[1:], lambda n, out: replace(n + 1, out)):
         logit = replace(0, first_feedforward)
         for module in suffix:
             logit = module(logit)  # ... -> (B, K)
+    net._check_all_ran(len(new_states))
     return new_states, logit

@@ -109,3 +109,43 @@ def test_in_place_decoder_gives_the_same_logits_as_out_of_place():
     assert torch.equal(pcnet.feedback_loss(inplace, x)[1], pcnet.feedback_loss(plain, x)[1])
     errors = [n.run(x, timesteps=2, record=("errors",)).errors for n in (inplace, plain)]
     assert torch.allclose(*errors, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- a backbone that skips a PCoder module
+class _Branchy(torch.nn.Module):
+    """Runs its second block only when the batch mean is below 0.5 (a branch that depends on the input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if float(x.mean()) < 0.5:
+            h = torch.relu(self.b(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_skipped_pcoder_layer_is_named(grad):
+    """Grad mode silently ran no dynamics (t = T equal to t = 0), no-grad crashed obscurely."""
+    torch.manual_seed(0)
+    net = pcnet.predify(_Branchy(), layers=["a", "b"], input_shape=(1, 8, 8))  # the probe's randn has mean < 0.5
+    x = torch.rand(2, 1, 8, 8) * 0.2 + 0.8  # mean > 0.5: the forward skips layer "b"
+    with torch.set_grad_enabled(grad), pytest.raises(RuntimeError, match=r"layer 'b' did not run in this forward "
+                                                                         r"pass.*modules that run in every forward"):
+        net(x, timesteps=2)
+    with torch.set_grad_enabled(grad):
+        assert net(x * 0.2, timesteps=2).shape == (3, 2, 3)  # the branch taken: runs
+
+
+def test_a_skipped_first_layer_is_named_not_called_out_of_order():
+    class SkipFirst(_Branchy):
+        def forward(self, x):
+            h = torch.relu(self.a(x)) if float(x.mean()) < 0.5 else x.expand(-1, 4, -1, -1)
+            return self.head(torch.relu(self.b(h)))
+    torch.manual_seed(0)
+    net = pcnet.predify(SkipFirst(), layers=["a", "b"], input_shape=(1, 8, 8))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="layer 'a' did not run"):
+        net(torch.ones(2, 1, 8, 8), timesteps=1)
