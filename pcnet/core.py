@@ -46,7 +46,8 @@ class PredNet(nn.Module):
     (measured on CPU: 100 % and 0.1 %).
     """
 
-    def __init__(self, backbone, *, layers, input_shape, shapes, decoders, hyper, error_scale, projective_fields):
+    def __init__(self, backbone, *, layers, input_shape, shapes, decoders, hyper, error_scale, projective_fields,
+                 update=None):
         super().__init__()
         self.backbone = backbone
         self.layers = list(layers)
@@ -54,13 +55,15 @@ class PredNet(nn.Module):
         self.shapes = [tuple(s) for s in shapes]
         self.decoders = nn.ModuleList(decoders)
         self.hyper = hyper
-        self.error_scale = error_scale
+        self.error_scale = error_scale  # a name or fn(*, projective_field, batch, numel) (dynamics.error_scale)
+        self.update_rule = update  # None: eq. eq-update; else fn(state, **inputs) (see update_state)
         self.register_buffer("projective_fields", torch.tensor(projective_fields, dtype=torch.float64))
 
     def extra_repr(self) -> str:
         values = {k: [round(v, 6) for v in t.tolist()] for k, t in self.hparams().items()}
         return (f"layers={self.layers}, input_shape={self.input_shape},\nbeta={values['beta']}, lam={values['lam']}, "
-                f"alpha={values['alpha']}, error_scale={self.error_scale!r}, learnable={self.hyper.learnable}")
+                f"alpha={values['alpha']}, error_scale={self.error_scale!r}, learnable={self.hyper.learnable}"
+                + (f", update={getattr(self.update_rule, '__name__', self.update_rule)}" if self.update_rule else ""))
 
     # ----------------------------------------------------------------- public API
     def forward(self, x: torch.Tensor, *, timesteps: int = 0, feedback: str = "prediction", **options) -> torch.Tensor:
@@ -116,6 +119,15 @@ class PredNet(nn.Module):
     def unwrap(self) -> nn.Module:
         """The original backbone, unchanged (no hooks stay attached)."""
         return self.backbone
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, but invalid hyperparameters (e.g. beta + lam > 1, NaN learnable values) are
+        refused before anything is loaded, with ``strict=False`` too: decoders and backbone stay as they were."""
+        error = self.hyper.state_dict_error(state_dict, "hyper.")
+        if error is not None:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: {error}; nothing was "
+                               f"loaded (fix or drop the hyper.* entries, or set them with net.set_hparams)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _apply(self, fn, recurse=True):
         """Casts such as ``net.to(torch.bfloat16)`` keep the projective fields in float64 (devices still follow)."""
@@ -182,8 +194,8 @@ class PredNet(nn.Module):
 
         def replace(n, feedforward):  # feedforward = F_n(e_{n-1}(t+1)): the layer below is already updated
             self._check_order(n, len(new_states))
-            new = dynamics.update_state(states[n], feedforward=feedforward, prediction=feedback[n],
-                                        error_grad=grads[n], **coef["at"][n])  # (B, C_n, H_n, W_n)
+            new = self.update_state(n, states[n], feedforward=feedforward, prediction=feedback[n],
+                                    error_grad=grads[n], **coef["at"][n])  # (B, C_n, H_n, W_n)
             self.check_finite(new, f"state of PCoder {n} ({self.layers[n]!r})", t)
             if rec is not None:
                 rec.add_terms(n, t, new, feedforward, feedback[n], states[n], grads[n], coef)
@@ -229,6 +241,22 @@ class PredNet(nn.Module):
                     "shuffled": lambda p: p.roll(1, dims=0),  # (B, C, H, W): image b gets image b-1's
                     "mean": lambda p: p.mean(0, keepdim=True).expand_as(p)}  # (B, C, H, W)
         return [None if p is None else controls[feedback](p) for p in predictions[1:]] + [None]
+
+    def update_state(self, n: int, state, *, out=None, **inputs) -> torch.Tensor:
+        """e_n(t+1) of PCoder n, shape of ``state``: eq. eq-update (:func:`pcnet.dynamics.update_state`, into the
+        buffer ``out`` when given) or this network's own rule, ``predify(..., update=fn)``, called as
+        ``fn(state, *, feedforward, prediction, error_grad, beta, lam, alpha)`` with the arguments of
+        :func:`pcnet.dynamics.update_state` (``prediction`` None at the top PCoder, ``error_grad`` None when alpha
+        is 0); it returns a new tensor and changes none of its inputs (``out`` is then unused)."""
+        if self.update_rule is None:
+            return dynamics.update_state(state, out=out, **inputs)
+        new = self.update_rule(state, **inputs)
+        if not isinstance(new, torch.Tensor) or new.shape != state.shape:
+            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise ValueError(f"the update rule {getattr(self.update_rule, '__name__', self.update_rule)!r} returned "
+                             f"{got} for PCoder {n} ({self.layers[n]!r}); it must return the new state, a tensor of "
+                             f"the state's shape {tuple(state.shape)}")
+        return new
 
     def scale_of(self, n: int, target: torch.Tensor) -> float:
         """The error scale s_n of eq. eq-error-grad for PCoder n (see :func:`pcnet.dynamics.error_scale`)."""

@@ -95,19 +95,26 @@ class Hyperparameters(nn.Module):
         self.logits.copy_(probs.log())
         self.log_alpha.copy_(alpha.clamp_min(LEARNABLE_FLOOR * 1e-2).log())
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        """Loading validates the values first: an out-of-range beta, lam or alpha is refused, nothing changes."""
+    def state_dict_error(self, state_dict, prefix: str = "") -> str | None:
+        """What is wrong with the hyperparameters under ``prefix`` in ``state_dict`` (None when they are valid or
+        absent); :meth:`pcnet.core.PredNet.load_state_dict` asks before loading anything."""
         if not self.learnable and all(prefix + k in state_dict for k in ("beta", "lam", "alpha")):
             try:
                 validate(*(torch.as_tensor(state_dict[prefix + k], dtype=torch.float64).cpu()
                            for k in ("beta", "lam", "alpha")))
             except ValueError as err:
-                error_msgs.append(f"hyperparameters in the state dict are invalid: {err}")
-                return
+                return f"hyperparameters in the state dict are invalid: {err}"
         if self.learnable and any(prefix + k in state_dict and not torch.isfinite(state_dict[prefix + k]).all()
                                   for k in ("logits", "log_alpha")):
-            error_msgs.append("learnable hyperparameters in the state dict have NaN or infinite values")
+            return "learnable hyperparameters in the state dict have NaN or infinite values"
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Loading validates the values first: an out-of-range beta, lam or alpha is refused, nothing changes."""
+        error = self.state_dict_error(state_dict, prefix)
+        if error is not None:
+            error_msgs.append(error)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

@@ -149,3 +149,22 @@ def test_a_skipped_first_layer_is_named_not_called_out_of_order():
     net = pcnet.predify(SkipFirst(), layers=["a", "b"], input_shape=(1, 8, 8))
     with torch.no_grad(), pytest.raises(RuntimeError, match="layer 'a' did not run"):
         net(torch.ones(2, 1, 8, 8), timesteps=1)
+
+
+# --------------------------------------------------------------------------- load_state_dict validates before loading
+@pytest.mark.parametrize("strict", [True, False])
+def test_invalid_hyperparameters_load_nothing(strict):
+    net, other = small_prednet(), small_prednet()
+    with torch.no_grad():
+        for p in other.decoders.parameters():
+            p.add_(1.0)  # decoders that differ from net's
+    state = other.state_dict()
+    state["hyper.beta"] = torch.tensor([1.5, 1.5], dtype=torch.float64)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"beta \+ lam must be <= 1.*nothing was loaded"):
+        net.load_state_dict(state, strict=strict)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # decoders unchanged too
+    del state["hyper.beta"]
+    state["hyper.lam"] = torch.tensor([0.1, 0.0], dtype=torch.float64)
+    net.load_state_dict(state, strict=False)  # a valid partial state dict still loads (beta missing: not checked)
+    assert torch.equal(net.decoders[0][-1].weight, other.decoders[0][-1].weight)
