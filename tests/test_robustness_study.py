@@ -156,8 +156,29 @@ def test_worst_case_includes_transfer_and_convergence_flags():
     assert "NOT converged" in RR.convergence_lines(rows, tolerance=20.0)[0]
     (v,) = RR.timestep_family(r)  # dynamics [T, T, F, F] vs t0 [T, F, F, F]: n10 = 1, n01 = 0
     assert v.n == 4 and v.estimate == pytest.approx(25.0) and v.p == pytest.approx(1.0)
-    (c,) = RR.control_family(r)  # under the zero control's attack (APGD-CE 100x3): dynamics [T, T, T, F] vs [F, T, F, F]
-    assert c.estimate == pytest.approx(50.0) and c.p_holm == pytest.approx(0.5)
+    assert v.effect == "withheld" and "dynamics: not checked (dynamics/apgd-ce, dynamics/square" in v.phrase
+    assert "t0: not converged (50.0% at the weak budgets, 25.0% at the strong ones)" in v.phrase
+    (c,) = RR.control_family(r)  # each on its own worst case: dynamics [T, T, F, F] vs zero [F, T, F, F]
+    assert c.estimate == pytest.approx(25.0) and c.effect == "withheld" and c.p_holm is None
+    assert c.phrase.startswith("no comparison: robust accuracy <= 50.0% (dynamics), <= 25.0% (zero)")
+
+
+def test_verdicts_stand_only_on_converged_worst_cases():
+    """Issue 19: a comparison is stated only when both models' worst cases converged over their whole suite."""
+    T, F = True, False
+    both = lambda m, weak, strong: {(m, a, b, r): v for a in ("apgd-ce", "apgd-dlr")
+                                   for (b, r), v in (((50, 1), weak), ((100, 3), strong))}
+    r = _result({**both("t0", [T, F, F, F], [T, F, F, F]), **both("dynamics", [T, T, T, F], [T, T, T, F]),
+                 **both("zero", [F, T, F, T], [F, T, F, F])}, t0_transfer=[T, T, T, F])
+    r["runs"] = {k: {**v, "transfer": [T, T, T, F]} if v["model"] == "t0" else v for k, v in r["runs"].items()}
+    assert RR.suite_convergence(r, model="dynamics", eps=0.1, tolerance=1.0)[0]
+    ok, why = RR.suite_convergence(r, model="zero", eps=0.1, tolerance=1.0)
+    assert not ok and why == "zero: not converged (50.0% at the weak budgets, 25.0% at the strong ones)"
+    (v,) = RR.timestep_family(r)
+    assert not v.withheld and v.estimate == pytest.approx(50.0) and v.p_holm is not None
+    (c,) = RR.control_family(r)
+    assert c.withheld and "zero: not converged" in c.phrase
+    assert "no comparison at eps = 0.1" in RR.summary([dataclasses.replace(v, withheld="x")], [c])
 
 
 def test_convergence_compares_the_worst_cases_of_attacks_run_at_two_budgets():
@@ -188,12 +209,12 @@ def test_proportion_interval_matches_statsmodels():
 
 def test_summary_names_gains_losses_and_controls():
     T, F = True, False
-    r = _result({("t0", "apgd-ce", 100, 3): [F] * 40, ("dynamics", "apgd-ce", 100, 3): [T] * 20 + [F] * 20,
-                 ("zero", "apgd-ce", 100, 3): [T] * 20 + [F] * 20}, t0_transfer=[T] * 40)
-    timestep, control = RR.timestep_family(r), RR.control_family(r)
+    r = _result({(m, "apgd-ce", b, k): v for b, k in ((50, 1), (100, 3)) for m, v in (
+        ("t0", [F] * 40), ("dynamics", [T] * 20 + [F] * 20), ("zero", [T] * 20 + [F] * 20))}, t0_transfer=[T] * 40)
+    timestep, control = RR.timestep_family(r), RR.control_family(r)  # every worst case converged (equal budgets)
     assert timestep[0].effect == "gain" and control[0].effect == "none"
     text = RR.summary(timestep, control)
-    assert "a gain at eps = 0.1" in text and "no detectable advantage over zero feedback" in text
+    assert "a gain at eps = 0.1" in text and "no detectable advantage over (or no comparison with) zero feedback" in text
 
 
 def test_study_loads_only_its_own_configuration(tmp_path):
@@ -314,3 +335,11 @@ def test_chunks_record_the_revision_the_worker_started_with(tiny_study, tmp_path
     monkeypatch.setattr(R.weights, "git_revision", lambda: next(calls))
     R.compute(TINY, cache=tmp_path, max_jobs=4, progress=False)
     assert {json.loads(p.read_text())["git"] for p in tmp_path.rglob("*.json")} == {"rev0"}
+
+
+def test_withheld_verdicts_take_no_share_of_holm():
+    from pcnet.experiments.verdicts import Verdict, holm_family
+    v = lambda p, why="": Verdict("c", 10, 1.0, 0.0, 2.0, 1.0, "t", p, withheld=why)
+    a, b, c = holm_family([v(0.01), v(0.001, "not converged"), v(0.04)])
+    assert (a.p_holm, b.p_holm, c.p_holm) == (pytest.approx(0.02), None, pytest.approx(0.04))
+    assert b.effect == "withheld" and b.phrase == "no comparison: not converged" and a.effect == "gain"

@@ -99,7 +99,7 @@ def show_images(images, *, nrow: int = 8, titles=None, ax=None, cmap=None):
     return fig
 
 
-EFFECT_COLORS = {"gain": PALETTE[2], "cost": PALETTE[3], "none": PALETTE[7]}  # a verdict's colour in forest plots
+EFFECT_COLORS = {"gain": PALETTE[2], "cost": PALETTE[3], "none": PALETTE[7], "withheld": PALETTE[5]}  # a verdict's colour in forest plots
 
 
 def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
@@ -142,7 +142,7 @@ def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
     ax.set_title(prefix if title is None else title, fontsize=11)
     for effect, c in EFFECT_COLORS.items():  # legend entries for the verdict colours present
         if any(v.effect == effect for v in verdicts):
-            ax.plot([], [], "o", color=c, label={"none": "no detectable effect"}.get(effect, effect))
+            ax.plot([], [], "o", color=c, label={"none": "no detectable effect", "withheld": "no comparison"}.get(effect, effect))
     ax.legend(fontsize=8, loc="best")
     return ax.figure
 

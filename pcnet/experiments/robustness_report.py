@@ -7,6 +7,8 @@ McNemar for paired contrasts, Holm within a family (:mod:`pcnet.experiments.verd
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import stats, verdicts
@@ -134,12 +136,55 @@ def masking_line(result: dict) -> str:
             "of gradient masking.")
 
 
-def timestep_family(result: dict) -> list[verdicts.Verdict]:
-    """Dynamics (t = T) minus backbone (t = 0) worst-case robust accuracy at every eps, Holm within the family."""
+def suite_convergence(result: dict, *, model: str, eps: float, tolerance: float) -> tuple[bool, str]:
+    """Whether ``model``'s per-image worst case at ``eps`` has converged: every attack of its suite (its own runs,
+    and for the dynamics the BPDA and transfer attacks) ran at a weak and a strong budget, and the worst case over
+    the weak budgets and over the strong ones differ by at most ``tolerance`` points. (ok, the reason in words)."""
+    groups: dict = {}
+    for key, r in result["runs"].items():
+        if r["eps"] != eps:
+            continue
+        if r["model"] == model or (model == "dynamics" and r["model"].startswith("bpda-")):
+            groups.setdefault((r["model"], r["attack"]), []).append(r["correct"])
+        if model == "dynamics" and r["model"] == "t0" and "transfer" in r:
+            groups.setdefault(("transfer", r["attack"]), []).append(r["transfer"])
+    if not groups:
+        return False, f"no attack on {LABELS[model]} at eps = {eps:g}"
+    single = sorted(f"{m}/{a}" for (m, a), runs in groups.items() if len(runs) < 2)
+    if single:
+        return False, f"{model}: not checked ({', '.join(single)} at one budget only)"
+    budgets = {}
+    for k in groups:  # the weak and the strong run of each attack, by (budget, restarts)
+        runs = [r for r in result["runs"].values() if r["eps"] == eps and (r["model"], r["attack"]) == k
+                or (k[0] == "transfer" and r["model"] == "t0" and r["attack"] == k[1] and r["eps"] == eps)]
+        ordered = sorted(runs, key=lambda r: (r["budget"], r["restarts"]))
+        field = "transfer" if k[0] == "transfer" else "correct"
+        budgets[k] = (ordered[0][field], ordered[-1][field])
+    weak, strong = (100 * float(torch.tensor([b[i] for b in budgets.values()]).all(0).float().mean()) for i in (0, 1))
+    if abs(weak - strong) > tolerance:
+        return False, f"{model}: not converged ({weak:.1f}% at the weak budgets, {strong:.1f}% at the strong ones)"
+    return True, f"{model}: converged ({weak:.1f}% at the weak budgets, {strong:.1f}% at the strong ones)"
+
+
+def _compared(result: dict, a: str, b: str, *, eps: float, contrast: str, tolerance: float) -> verdicts.Verdict:
+    """Worst-case robust accuracy of model ``a`` minus model ``b`` at ``eps`` -- or, when either worst case has not
+    converged, a withheld verdict that states both upper bounds and why no comparison is made."""
+    ra, rb = robust(result, model=a, eps=eps), robust(result, model=b, eps=eps)
+    v = verdicts.paired_proportions(ra, rb, contrast=contrast)
+    why = [reason for ok, reason in (suite_convergence(result, model=m, eps=eps, tolerance=tolerance) for m in (a, b))
+           if not ok]
+    if why:
+        bounds = f"robust accuracy <= {100 * ra.float().mean():.1f}% ({a}), <= {100 * rb.float().mean():.1f}% ({b})"
+        return dataclasses.replace(v, withheld=f"{bounds}; " + "; ".join(why))
+    return v
+
+
+def timestep_family(result: dict, *, tolerance: float = 1.0) -> list[verdicts.Verdict]:
+    """Dynamics (t = T) minus backbone (t = 0) worst-case robust accuracy at every eps, Holm within the family;
+    withheld ("no comparison") where either worst case has not converged (:func:`suite_convergence`)."""
     T = result["config"]["timesteps"]
-    return verdicts.holm_family([verdicts.paired_proportions(
-        robust(result, model="dynamics", eps=eps), robust(result, model="t0", eps=eps),
-        contrast=f"eps = {eps:g}: t = {T} minus t = 0") for eps in result["config"]["eps_sweep"]])
+    return verdicts.holm_family([_compared(result, "dynamics", "t0", eps=eps, contrast=f"eps = {eps:g}: t = {T} minus t = 0",
+                                           tolerance=tolerance) for eps in result["config"]["eps_sweep"]])
 
 
 def robust_under(result: dict, *, model: str, eps: float, like: str) -> torch.Tensor:
@@ -152,13 +197,12 @@ def robust_under(result: dict, *, model: str, eps: float, like: str) -> torch.Te
     return torch.stack([torch.tensor(r["correct"]) for r in runs]).all(0)  # (N,)
 
 
-def control_family(result: dict) -> list[verdicts.Verdict]:
-    """At the main eps: dynamics minus each control, both under the control's attacks (same attacks, budgets and
-    images), Holm within the family."""
+def control_family(result: dict, *, tolerance: float = 1.0) -> list[verdicts.Verdict]:
+    """At the main eps: dynamics minus each control, each scored on its own per-image worst case over every attack
+    run on it, Holm within the family; withheld where either worst case has not converged."""
     eps = result["config"]["eps_main"]
-    return verdicts.holm_family([verdicts.paired_proportions(
-        robust_under(result, model="dynamics", eps=eps, like=c), robust(result, model=c, eps=eps),
-        contrast=f"eps = {eps:g}: dynamics minus {LABELS[c]}") for c in result["config"]["controls"]])
+    return verdicts.holm_family([_compared(result, "dynamics", c, eps=eps, contrast=f"eps = {eps:g}: dynamics minus "
+                                           f"{LABELS[c]}", tolerance=tolerance) for c in result["config"]["controls"]])
 
 
 def clean_family(result: dict) -> list[verdicts.Verdict]:
@@ -188,18 +232,21 @@ def conclusion_lines(result: dict, *, timestep: list, control: list, clean: list
 
 
 def summary(timestep: list, control: list) -> str:
-    """One sentence: at which eps the dynamics gain or lose robust accuracy (Holm-corrected), and whether a gain
-    survives every control."""
-    by = {e: [v.contrast.split(":")[0] for v in timestep if v.effect == e] for e in ("gain", "cost", "none")}
+    """One sentence: at which eps the dynamics gain or lose robust accuracy (Holm-corrected), where no comparison
+    can be made (an unconverged worst case), and whether a gain survives every control."""
+    by = {e: [v.contrast.split(":")[0] for v in timestep if v.effect == e] for e in ("gain", "cost", "none", "withheld")}
     text = "Conclusion: against the worst case over the attacks above the dynamics show "
     parts = [f"a gain at {', '.join(by['gain'])}" if by["gain"] else "",
              f"a loss at {', '.join(by['cost'])}" if by["cost"] else "",
-             f"no detectable change at {', '.join(by['none'])} (upper bounds above)" if by["none"] else ""]
+             f"no detectable change at {', '.join(by['none'])} (upper bounds above)" if by["none"] else "",
+             f"no comparison at {', '.join(by['withheld'])} (a worst case has not converged: only the upper bounds "
+             "above are stated)" if by["withheld"] else ""]
     text += "; ".join(p for p in parts if p) + "."
     if by["gain"]:
         beaten = [v.contrast.split("minus ")[-1] for v in control if v.effect != "gain"]
         text += (f" The gain is not shown to be specific to the prediction's content: no detectable advantage over "
-                 f"{', '.join(beaten)} (upper bounds above)." if beaten else " The dynamics beat every control at the main eps.")
+                 f"(or no comparison with) {', '.join(beaten)} (upper bounds above)." if beaten
+                 else " The dynamics beat every control at the main eps.")
     return text
 
 

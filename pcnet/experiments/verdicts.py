@@ -34,16 +34,22 @@ class Verdict:
     higher_is_better: bool = True
     unit: str = "points"
     digits: int = 2
+    withheld: str = ""  # why no comparison may be stated (e.g. an attack that has not converged); then no test decides
 
     @property
     def effect(self) -> str:
-        """'gain', 'cost' or 'none', from the Holm-adjusted p (the raw p outside a family) at ``alpha``."""
+        """'gain', 'cost' or 'none', from the Holm-adjusted p (the raw p outside a family) at ``alpha``;
+        'withheld' when the comparison may not be stated at all (:attr:`withheld` says why)."""
+        if self.withheld:
+            return "withheld"
         if (self.p if self.p_holm is None else self.p_holm) > self.alpha:
             return "none"
         return "gain" if (self.estimate > self.null) == self.higher_is_better else "cost"
 
     @property
     def phrase(self) -> str:
+        if self.withheld:
+            return f"no comparison: {self.withheld}"
         if self.effect != "none":
             return f"a {self.effect}"
         bound = self.high - self.null if self.higher_is_better else self.null - self.low
@@ -113,8 +119,11 @@ def holm_family(verdicts: Sequence[Verdict]) -> list[Verdict]:
     alphas = {v.alpha for v in verdicts}
     if len(alphas) > 1:
         raise ValueError(f"holm_family: one alpha per family, got {sorted(alphas)}")
-    adjusted, _ = holm([v.p for v in verdicts], alpha=alphas.pop())
-    return [replace(v, p_holm=float(q)) for v, q in zip(verdicts, adjusted)]
+    tested = [v for v in verdicts if not v.withheld]  # a withheld comparison is not tested: it takes no share of alpha
+    if not tested:
+        return list(verdicts)
+    adjusted = iter(holm([v.p for v in tested], alpha=alphas.pop())[0])
+    return [v if v.withheld else replace(v, p_holm=float(next(adjusted))) for v in verdicts]
 
 
 # ----------------------------------------------------------------------------- formatting for the page
@@ -130,8 +139,8 @@ def format_p(p: float | None) -> str:
 
 
 def short_labels(contrasts: Sequence[str]) -> tuple[str, list[str]]:
-    """(shared prefix, short labels): the words all contrasts of a family start with, cut at a word boundary, go
-    into the title; each label keeps the rest. One contrast (or nothing shared) keeps its label whole."""
+    """(shared prefix, short labels): the part before a ": " that every contrast of a family starts with goes into
+    the title, each label keeps the rest. One contrast (or no shared part) keeps its label whole."""
     contrasts = list(contrasts)
     if len(contrasts) < 2:
         return "", contrasts
@@ -139,15 +148,17 @@ def short_labels(contrasts: Sequence[str]) -> tuple[str, list[str]]:
     for c in contrasts[1:]:
         while not c.startswith(prefix):
             prefix = prefix[:-1]
-    prefix = prefix[:prefix.rfind(" ") + 1] if " " in prefix else ""  # a whole number of words (ends in a space)
-    if prefix.strip().endswith(("=", "(", "[")) or any(not c[len(prefix):].strip() for c in contrasts):
+    cut = prefix.rfind(": ")
+    if cut <= 0 or any(not c[cut + 2:].strip() for c in contrasts):
         return "", contrasts
-    return prefix.strip().rstrip(":").strip(), [c[len(prefix):] for c in contrasts]
+    return prefix[:cut], [c[cut + 2:] for c in contrasts]
 
 
 def short_verdict(v: Verdict) -> str:
     """The verdict in a few words for a table cell: 'gain', 'cost', 'none' or 'none after Holm; uncorrected
     interval excludes 0' (the full sentence is ``v.phrase``)."""
+    if v.effect == "withheld":
+        return "no comparison"
     if v.effect != "none":
         return v.effect
     gain_side = v.low > v.null if v.higher_is_better else v.high < v.null
