@@ -18,6 +18,7 @@ from . import dynamics, fast, wiring
 
 RECORDABLE = ("errors", "states", "predictions", "terms")
 FEEDBACK = ("prediction", "zero", "shuffled", "mean")
+MAX_TIMESTEPS = 100_000  # a run keeps the logits of every timestep; far beyond any settling time of the book
 
 
 @dataclass
@@ -190,10 +191,15 @@ class PredNet(nn.Module):
 
         ``feedback[n]`` is D_{n+1}(e_{n+1}(t)) (None at the top), ``grads[n]`` the error gradient (None: no term).
         """
-        new_states = []
+        new_states, grad_mode = [], torch.is_grad_enabled()
 
         def replace(n, feedforward):  # feedforward = F_n(e_{n-1}(t+1)): the layer below is already updated
             self._check_order(n, len(new_states))
+            if grad_mode and (not torch.is_grad_enabled() or wiring.in_checkpoint()):
+                raise RuntimeError(f"layer {self.layers[n]!r} runs inside torch.utils.checkpoint (or with gradients "
+                                   f"disabled) in the backbone's forward: backward would recompute it without the "
+                                   f"PCoder's update (a CheckpointError, or wrong gradients); run the dynamics under "
+                                   f"torch.no_grad(), or turn the backbone's gradient checkpointing off")
             new = self.update_state(n, states[n], feedforward=feedforward, prediction=feedback[n],
                                     error_grad=grads[n], **coef["at"][n])  # (B, C_n, H_n, W_n)
             self.check_finite(new, f"state of PCoder {n} ({self.layers[n]!r})", t)
@@ -312,6 +318,9 @@ class PredNet(nn.Module):
     def _check_options(timesteps, feedback, record, truncate):
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 0:
             raise ValueError(f"timesteps must be an integer >= 0, got {timesteps!r}")
+        if timesteps > MAX_TIMESTEPS:  # refused before anything is allocated per timestep
+            raise ValueError(f"timesteps={timesteps} is above the limit pcnet.core.MAX_TIMESTEPS = {MAX_TIMESTEPS} "
+                             f"(every timestep's logits are kept); run fewer timesteps")
         if feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
         if isinstance(truncate, bool) or not isinstance(truncate, int) or not 0 <= truncate <= max(timesteps - 1, 0):

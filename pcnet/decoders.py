@@ -46,8 +46,8 @@ def supports_adjoint(decoder: nn.Module) -> bool:
             return False
         if isinstance(m, nn.Upsample) and m.mode not in ("nearest", "bilinear"):
             return False
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.padding_mode != "zeros":
-            return False
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            return False  # padding="same"/"valid": autograd computes the gradient
     return True
 
 

@@ -68,6 +68,14 @@ def sequential_suffix(model: nn.Module, path: str) -> list[nn.Module] | None:
     return [m for rest in reversed(rests) for m in rest]  # the innermost chain continues first
 
 
+def in_checkpoint() -> bool:
+    """True while a forward pass runs inside non-reentrant ``torch.utils.checkpoint`` (its saved-tensor hooks are
+    the innermost ones); the reentrant form is seen as gradients turned off inside a grad-mode call."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    hooks = top(False) if callable(top) else None
+    return bool(hooks) and getattr(hooks[0], "__module__", "") == "torch.utils.checkpoint"
+
+
 def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
@@ -146,11 +154,15 @@ def probe(model: nn.Module, layers: Sequence[str], modules: Sequence[nn.Module],
     versions: dict[int, int] = {}
     with hooked(modules, record):
         try:
-            model(x)
+            logits = model(x)
         except (RuntimeError, ValueError, IndexError) as err:
             raise ValueError(f"the model cannot run on input_shape={input_shape} ({type(err).__name__}: {err}); pass "
                              f"the (channels, height, width) of the images the model takes") from err
     _check_calls(layers, calls)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"the model's forward returns a {type(logits).__name__}, not one tensor of logits (batch, "
+                        f"classes); wrap it so that it does, e.g. a module whose forward returns model(x)[0] or "
+                        f"model(x)['logits'], and predify the wrapper")
     for n, out in seen.items():
         if out.dim() != 4:
             raise ValueError(f"layer {layers[n]!r} outputs shape {tuple(out.shape)}, not a feature map (batch, "

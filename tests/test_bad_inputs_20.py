@@ -168,3 +168,67 @@ def test_invalid_hyperparameters_load_nothing(strict):
     state["hyper.lam"] = torch.tensor([0.1, 0.0], dtype=torch.float64)
     net.load_state_dict(state, strict=False)  # a valid partial state dict still loads (beta missing: not checked)
     assert torch.equal(net.decoders[0][-1].weight, other.decoders[0][-1].weight)
+
+
+# --------------------------------------------------------------------------- models and decoders of other shapes
+@pytest.mark.parametrize("wrap, kind", [(lambda out: (out, out), "tuple"), (lambda out: {"logits": out}, "dict")])
+def test_model_returning_a_tuple_or_dict_is_refused_at_predify(wrap, kind):
+    class Multi(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, x):
+            return wrap(self.net(x))
+    with pytest.raises(TypeError, match=rf"forward returns a {kind}, not one tensor of logits.*wrap it"):
+        pcnet.predify(Multi(), layers=["net.1", "net.4"], input_shape=(1, 16, 16))
+
+
+def test_same_padding_decoder_works_without_gradients():
+    """Conv2d(padding="same") had no adjoint (it failed without gradients); autograd computes its gradient now."""
+    from torch import nn
+    torch.manual_seed(0)
+    decoders = [nn.Sequential(nn.Conv2d(4, 1, 3, padding="same")),
+                nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(6, 4, 3, padding="same"), nn.ReLU())]
+    net = pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16), decoders=decoders, alpha=0.05)
+    twin = pcnet.predify(small_cnn(), layers=["1", "4"], input_shape=(1, 16, 16), alpha=0.05,
+                         decoders=[nn.Sequential(nn.Conv2d(4, 1, 3, padding=1)),
+                                   nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(6, 4, 3, padding=1), nn.ReLU())])
+    twin.load_state_dict(net.state_dict())  # padding=1 is "same" for a 3x3 kernel: the same map
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = net(x, timesteps=3)
+        assert torch.allclose(fast, twin(x, timesteps=3), atol=1e-6, rtol=0)  # the twin uses the adjoint
+    assert torch.allclose(fast, net(x, timesteps=3), atol=1e-6, rtol=0)  # grad mode
+
+
+def test_absurd_timesteps_are_refused_before_allocating():
+    net = small_prednet()
+    with pytest.raises(ValueError, match=r"timesteps=1000000000000 is above the limit .*MAX_TIMESTEPS = 100000"):
+        net(torch.rand(1, 1, 16, 16), timesteps=10 ** 12)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointed_backbone_is_refused_in_grad_mode_and_runs_without(reentrant):
+    """torch.utils.checkpoint recomputes the forward in backward without the PCoder's update: a CheckpointError
+    (non-reentrant) or wrong gradients (reentrant). Grad mode is refused with the reason; no-grad runs."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, x):
+            return self.net[3:](checkpoint(self.net[:3], x, use_reentrant=reentrant))
+
+    torch.manual_seed(0)
+    net = pcnet.predify(Checkpointed(), layers=["net.1", "net.4"], input_shape=(1, 16, 16))
+    plain = pcnet.predify(net.backbone.net, layers=["1", "4"], input_shape=(1, 16, 16))
+    plain.decoders.load_state_dict(net.decoders.state_dict())
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match=r"layer 'net.1' runs inside torch.utils.checkpoint.*torch.no_grad\(\)"):
+        net(x, timesteps=2)
+    with torch.no_grad():
+        assert torch.equal(net(x, timesteps=2), plain(x, timesteps=2))
