@@ -33,33 +33,33 @@ def test_format_p_prints_what_the_number_carries(p, text):
     assert V.format_p(p) == text
 
 
-def test_short_labels_move_the_shared_words_to_the_title():
+def test_short_labels_move_the_shared_part_to_the_title():
     title, labels = V.short_labels(["eps = 0.02: dynamics minus zero feedback", "eps = 0.02: dynamics minus mean"])
-    assert title == "eps = 0.02: dynamics minus" and labels == ["zero feedback", "mean"]
+    assert title == "eps = 0.02" and labels == ["dynamics minus zero feedback", "dynamics minus mean"]
     assert V.short_labels(["mCE: paper: dynamics", "mCE: TENT"]) == ("mCE", ["paper: dynamics", "TENT"])
-    # a shared prefix that is part of a word stays in the labels; one contrast keeps its label
+    assert V.short_labels(["mCE: paper: a", "mCE: paper: b"]) == ("mCE: paper", ["a", "b"])
+    # only a whole part before ": " is shared; one contrast keeps its label
     assert V.short_labels(["clean: a", "cleanish: b"]) == ("", ["clean: a", "cleanish: b"])
-    assert V.short_labels(["only one"]) == ("", ["only one"])
-    # a title that would end in "=" (the value would go to the labels) stays in the labels
     assert V.short_labels(["eps = 0.01: t = 6 minus t = 0", "eps = 0.02: t = 6 minus t = 0"]) == (
         "", ["eps = 0.01: t = 6 minus t = 0", "eps = 0.02: t = 6 minus t = 0"])
-    # the cut falls between whole words
-    assert V.short_labels(["a b", "a b c"]) == ("a", ["b", "b c"])
+    assert V.short_labels(["ch. 4, backbone 0: x", "ch. 4, backbone 1: x"]) == (
+        "", ["ch. 4, backbone 0: x", "ch. 4, backbone 1: x"])
+    assert V.short_labels(["only one"]) == ("", ["only one"])
 
 
 def test_table_exact_strings():
     frame = V.table(_family())
-    assert frame.attrs["title"] == "eps = 0.02: dynamics minus"
+    assert frame.attrs["title"] == "eps = 0.02"
     assert frame.to_dict("records") == [
-        {"contrast": "zero feedback", "n": "200", "estimate [95% interval]": "+4.00 [+1.12, +6.86] points",
+        {"contrast": "dynamics minus zero feedback", "n": "200", "estimate [95% interval]": "+4.00 [+1.12, +6.86] points",
          "MDE": "3.94", "test": "exact McNemar", "p": "1.1e-05", "Holm p": "3.4e-05", "verdict": "gain"},
-        {"contrast": "mean feedback", "n": "200", "estimate [95% interval]": "+0.00 [-2.92, +2.92] points",
+        {"contrast": "dynamics minus mean feedback", "n": "200", "estimate [95% interval]": "+0.00 [-2.92, +2.92] points",
          "MDE": "3.94", "test": "exact McNemar", "p": "1", "Holm p": "1", "verdict": "none"},
-        {"contrast": "rescale (fixed point)", "n": "200", "estimate [95% interval]": "-5.00 [-8.00, -2.00] points",
+        {"contrast": "dynamics minus rescale (fixed point)", "n": "200", "estimate [95% interval]": "-5.00 [-8.00, -2.00] points",
          "MDE": "3.50", "test": "exact McNemar", "p": "0.004", "Holm p": "0.008", "verdict": "cost"}]
     html = V.details_html(frame, summary="table")
     assert html.startswith('<details class="verdict-table"><summary>table</summary>') and html.endswith("</details>")
-    assert "<td>rescale (fixed point)</td>" in html and "…" not in html
+    assert "<td>dynamics minus rescale (fixed point)</td>" in html and "…" not in html
 
 
 def test_a_null_on_the_gain_side_is_not_a_plain_no_effect():
@@ -88,8 +88,9 @@ def test_forest_plot_draws_estimates_intervals_mde_and_the_null_line():
     fam = _family()
     fig = plotting.forest_plot(fam)
     ax = fig.axes[0]
-    assert ax.get_title() == "eps = 0.02: dynamics minus"
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["zero feedback", "mean feedback", "rescale (fixed point)"]
+    assert ax.get_title() == "eps = 0.02"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dynamics minus zero feedback", "dynamics minus mean feedback",
+                                                            "dynamics minus rescale (fixed point)"]
     assert list(ax.get_yticks()) == [2, 1, 0]  # first contrast on top
     bars = ax.containers
     assert len(bars) == 3
@@ -133,4 +134,14 @@ def test_family_plot_has_one_panel_per_null_and_show_table_collapses_the_table(m
     text = plotting.show_table(fam, summary="table")
     (html,) = shown
     assert html.data == text and text.startswith('<details class="verdict-table"><summary>table (mCE)</summary>')
+    matplotlib.pyplot.close(fig)
+
+
+def test_a_withheld_verdict_is_no_comparison_in_tables_and_plots():
+    v = V.Verdict("eps = 0.02: a", 200, 4.0, 1.0, 7.0, 3.9, "exact McNemar", 0.01, withheld="not converged")
+    assert V.short_verdict(v) == "no comparison"
+    fig = plotting.forest_plot([v])
+    (container,) = fig.axes[0].containers
+    assert matplotlib.colors.to_hex(container.lines[0].get_color()) == plotting.EFFECT_COLORS["withheld"]
+    assert "no comparison" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     matplotlib.pyplot.close(fig)
