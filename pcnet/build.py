@@ -14,7 +14,7 @@ from .hparams import PAPER_DEFAULTS, Hyperparameters
 
 def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[int], decoders=None,
             beta=PAPER_DEFAULTS["beta"], lam=PAPER_DEFAULTS["lam"], alpha=PAPER_DEFAULTS["alpha"],
-            error_scale: str = "projective", learnable: bool = False) -> PredNet:
+            error_scale="projective", learnable: bool = False, update=None) -> PredNet:
     """Put PCoders at ``layers`` (dotted paths of ``model.named_modules()``, in forward order).
 
     ``input_shape`` (C, H, W) is probed once to size the decoders. ``decoders`` (one per layer, decoder n
@@ -22,7 +22,13 @@ def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[in
     the exact target size, a 3x3 transposed convolution, and a ReLU unless the target can be negative.
     ``beta``, ``lam``, ``alpha``: a scalar (``lam`` then applies below the top PCoder) or one value per layer.
     ``error_scale``: "projective" (per-sample, 1/sqrt(C)) or "mean" (the original package's batch mean);
-    see :func:`pcnet.dynamics.error_scale`. The model is put in eval mode and otherwise left untouched.
+    see :func:`pcnet.dynamics.error_scale`; or a function ``fn(*, projective_field, batch, numel) -> float``.
+    ``update``: this network's own update rule in place of eq. eq-update, a function
+    ``fn(state, *, feedforward, prediction, error_grad, beta, lam, alpha) -> new state`` with the arguments of
+    :func:`pcnet.dynamics.update_state` (e.g. ``lambda s, **k: pcnet.dynamics.update_state(s, **k).clamp_min(0)``);
+    both the reference and the fast path call it (:meth:`~pcnet.core.PredNet.update_state`), other networks on the
+    same model keep theirs; ``record=("terms",)`` still reports eq. eq-update's four terms.
+    The model is put in eval mode and otherwise left untouched.
     The PredNet may be called from several threads, next to other PredNets on the same model or plain
     ``model(x)`` calls (see :class:`~pcnet.core.PredNet`); each call runs the model in eval mode.
     """
@@ -32,6 +38,9 @@ def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[in
         raise TypeError("model is already a PredNet; predify its backbone instead: predify(net.backbone, ...)")
     wiring.check_materialised(model, what="model")
     dynamics.error_scale(mode=error_scale, projective_field=1.0, batch=1, numel=1)  # raises for an unknown mode
+    if update is not None and not callable(update):
+        raise TypeError(f"update must be a function fn(state, *, feedforward, prediction, error_grad, beta, lam, "
+                        f"alpha) -> new state (or None for eq. eq-update), got {type(update).__name__}")
     layers = list(layers) if not isinstance(layers, str) else layers
     was_training = model.training
     try:
@@ -45,7 +54,7 @@ def predify(model: nn.Module, *, layers: Sequence[str], input_shape: Sequence[in
         raise
     fields = [dec.projective_field_size(d, source=s) for d, s in zip(decoders, probed["shapes"])]
     return PredNet(model, layers=layers, input_shape=wiring.check_input_shape(input_shape), shapes=probed["shapes"],
-                   decoders=decoders, hyper=hyper, error_scale=error_scale, projective_fields=fields)
+                   decoders=decoders, hyper=hyper, error_scale=error_scale, projective_fields=fields, update=update)
 
 
 def _decoders(model, layers, input_shape, probed, given) -> list[nn.Module]:

@@ -48,16 +48,25 @@ def reconstruction_error(target: torch.Tensor, prediction: torch.Tensor) -> torc
     return (target - prediction).pow(2).flatten(1).sum(1)  # (B,)
 
 
-def error_scale(*, mode: str, projective_field: float, batch: int, numel: int) -> float:
+def error_scale(*, mode, projective_field: float, batch: int, numel: int) -> float:
     """Factor applied to the gradient of the summed squared error (eq. eq-error-grad).
 
     ``"projective"`` (default): 1/sqrt(C), C the decoder's projective-field size (eq. eq-projective-field);
     per sample, independent of batch size. ``"mean"``: 1/(B K), the original package's gradient of a mean
-    over the whole batch (K elements per sample), which shrinks with batch and tensor size.
+    over the whole batch (K elements per sample), which shrinks with batch and tensor size. Or your own:
+    a function called as ``mode(projective_field=C, batch=B, numel=K)`` that returns a finite number.
     """
+    if callable(mode):
+        value = mode(projective_field=projective_field, batch=batch, numel=numel)
+        value = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"the error_scale function {getattr(mode, '__name__', mode)!r} returned {value!r}; it "
+                             f"must return a finite number (called as fn(projective_field=, batch=, numel=))")
+        return float(value)
     scales = {"projective": lambda: 1.0 / math.sqrt(projective_field), "mean": lambda: 1.0 / (batch * numel)}
     if mode not in scales:
-        raise ValueError(f"error_scale must be one of {tuple(scales)}, got {mode!r}")
+        raise ValueError(f"error_scale must be one of {tuple(scales)} or a function fn(*, projective_field, batch, "
+                         f"numel) -> float, got {mode!r}")
     return scales[mode]()
 
 

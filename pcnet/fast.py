@@ -79,9 +79,9 @@ def step(net, x, states, feedback, grads, coef, t, recorder, *, suffix, first_fe
 
     def replace(n, feedforward):
         net._check_order(n, len(new_states))
-        out = dec.scratch(workspace, ("new state", n, t % 2), feedforward)  # not the buffer of e_n(t)
-        new = dynamics.update_state(states[n], feedforward=feedforward, prediction=feedback[n], error_grad=grads[n],
-                                    out=out, **coef["at"][n])  # (B, C_n, H_n, W_n)
+        out = None if net.update_rule else dec.scratch(workspace, ("new state", n, t % 2), feedforward)  # not e_n(t)'s
+        new = net.update_state(n, states[n], feedforward=feedforward, prediction=feedback[n], error_grad=grads[n],
+                               out=out, **coef["at"][n])  # (B, C_n, H_n, W_n); a custom rule returns a new tensor
         net.check_finite(new, f"state of PCoder {n} ({net.layers[n]!r})", t)
         recorder.add_terms(n, t, new, feedforward, feedback[n], states[n], grads[n], coef)
         new_states.append(new)
