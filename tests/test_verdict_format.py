@@ -117,6 +117,8 @@ def test_forest_plot_refuses_a_mixed_family_and_family_plot_splits_it():
     assert plotting.family_groups([ratio, diff, ratio]) == [[ratio, ratio], [diff]]
     with pytest.raises(ValueError, match="empty"):
         plotting.forest_plot([])
+    with pytest.raises(ValueError, match="empty"):
+        plotting.family_plot([])
     with pytest.raises(ValueError, match="2 labels for 3 verdicts"):
         plotting.forest_plot(_family(), labels=["a", "b"])
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pcnet.experiments import devices
+from pcnet.experiments.optional import require
 
 GRADIENTS = ("full", "feedforward", "last-k", "detached-error")
 ATTACKS = ("apgd-ce", "apgd-dlr", "square", "pgd", "bim-targeted")
@@ -125,7 +126,7 @@ def make_attack(name: str, model: nn.Module, *, eps: float, norm: str = "Linf", 
     Square attack with ``n_queries``; ``pgd``: torchattacks PGD / PGDL2 with a random start; ``bim-targeted``:
     the targeted BIM of the Predify paper (L-inf), target a random wrong class drawn with ``seed``.
     """
-    import torchattacks as ta
+    ta = require("torchattacks", purpose="attacks.make_attack")
     if norm not in ("Linf", "L2"):
         raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
     if name == "apgd-ce":

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from pcnet.experiments import devices
 from pcnet.experiments.data import as_tensors, images_of
 from pcnet.experiments.metrics import class_labels
+from pcnet.experiments.optional import require
 
 Corruption = Callable[..., torch.Tensor]  # corrupt(x, *, generator) -> x_corrupted
 TERM_NAMES = ("feedforward", "feedback", "memory", "error")
@@ -287,8 +288,7 @@ def terms_table(terms: dict[str, torch.Tensor], layers: Sequence[str]):
 
     ``terms[name]`` is (T, N): mean over images of ||term|| / ||new state|| at update t -> t+1.
     """
-    import pandas as pd
-
+    pd = require("pandas", purpose="evaluate.terms_table")
     rows = []
     for name, v in terms.items():
         if v.dim() != 2 or v.shape[1] != len(layers):

@@ -4,6 +4,8 @@ Call ``use_style()`` once after the imports of a chapter. Nothing is changed at 
 """
 from __future__ import annotations
 
+from pcnet.experiments.optional import require
+
 # Colour-blind safe palette (seaborn "colorblind", Wong 2011 ordering).
 PALETTE = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc",
            "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9")
@@ -40,8 +42,8 @@ STYLE = {
 
 def use_style() -> None:
     """Apply the book's plot style (seaborn whitegrid, colour-blind palette, fixed sizes)."""
-    import matplotlib as mpl
-    import seaborn as sns
+    mpl = require("matplotlib", purpose="plotting.use_style")
+    sns = require("seaborn", purpose="plotting.use_style")
     sns.set_theme(context="notebook", style="whitegrid", palette=list(PALETTE))
     mpl.rcParams.update(STYLE)
 
@@ -56,7 +58,7 @@ def color(name: str) -> str:
 
 def layer_colors(n: int) -> list:
     """``n`` ordered colours for layers 1..n (light = low layer, dark = high layer)."""
-    import seaborn as sns
+    sns = require("seaborn", purpose="plotting.layer_colors")
     return list(sns.color_palette("crest", n_colors=n))
 
 

@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
+from .optional import require
+
 _NORMAL = NormalDist()
 _BUDGET = 2 ** 24  # elements gathered per chunk of resamples (keeps memory to a few hundred MB)
 
@@ -77,7 +79,7 @@ def mcnemar_exact(n10: int, n01: int, *, mid_p: bool = False) -> float:
     Under H0 the n10 + n01 discordant images split as Bin(n10 + n01, 1/2): p = min(1, 2 P(X <= min(n10, n01))).
     ``mid_p`` subtracts P(X = min(n10, n01)) (the mid-p version, Fagerland et al. 2013). No discordant images: p = 1.
     """
-    from scipy.stats import binom
+    binom = require("scipy.stats", purpose="stats.mcnemar_exact").binom
 
     _check_n(n10, "n10", 0), _check_n(n01, "n01", 0)
     d, k = n10 + n01, min(n10, n01)
@@ -288,7 +290,8 @@ def _z_sum(alpha: float, power: float) -> tuple[float, float]:
 
 def _t_power(effect: float, n: int, alpha: float) -> float:
     """Power of the two-sided one-sample (paired) t-test for a standardised effect (mean / sd)."""
-    from scipy.stats import nct, t
+    scipy_stats = require("scipy.stats", purpose="the power of a paired t-test (stats.mde_paired, n_for_mde)")
+    nct, t = scipy_stats.nct, scipy_stats.t
 
     crit = t.isf(alpha / 2, n - 1)
     return float(nct.sf(crit, n - 1, effect * math.sqrt(n)) + nct.cdf(-crit, n - 1, effect * math.sqrt(n)))
@@ -319,7 +322,7 @@ def mde_paired(n: int, *, discordance: float | None = None, sd: float | None = N
         _check_n(n)
         root = math.sqrt(max(n + zb * zb - za * za, 0.0))
         return math.sqrt(discordance) * (math.sqrt(n) * za + zb * root) / (n + zb * zb)
-    from scipy.optimize import brentq
+    brentq = require("scipy.optimize", purpose="stats.mde_paired").brentq
 
     _check_n(n, "n", 2)
     high = (za + zb) / math.sqrt(n)
@@ -363,7 +366,7 @@ def mean_interval(values, *, confidence: float = 0.95, dim: int = 0) -> Interval
     if n < 2:
         nan = torch.full_like(mean, float("nan"))
         return Interval(mean, nan, nan.clone())
-    from scipy.stats import t as student_t
+    student_t = require("scipy.stats", purpose="stats.mean_interval").t
 
     half = float(student_t.ppf(0.5 + confidence / 2, n - 1)) * v.std(dim=dim) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half)

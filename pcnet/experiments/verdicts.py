@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .optional import require
 from .stats import _z_sum, bootstrap, format_interval, holm, mcnemar_exact, mde_paired, newcombe_interval, paired_counts
 
 
@@ -172,8 +173,7 @@ def short_verdict(v: Verdict) -> str:
 def table(family: Sequence[Verdict]):
     """A family as a pandas table of strings, each number to the digits it carries: short contrast labels (the
     shared prefix is the table's ``attrs['title']``), n, estimate [95 % interval], MDE, test, p, Holm p, verdict."""
-    import pandas as pd
-
+    pd = require("pandas", purpose="verdicts.table")
     title, labels = short_labels([v.contrast for v in family])
     rows = [{"contrast": label, "n": f"{v.n:,}", "estimate [95% interval]": v._interval(v.unit),
              "MDE": f"{v.mde:.{v.digits}f}", "test": v.test, "p": format_p(v.p), "Holm p": format_p(v.p_holm),

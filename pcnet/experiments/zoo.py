@@ -24,6 +24,8 @@ and the learned feedback are not interchangeable between the two.
 """
 from __future__ import annotations
 
+from pcnet.experiments.optional import require
+
 import hashlib
 import pathlib
 from collections import OrderedDict
@@ -103,11 +105,7 @@ def _torchvision(arch: str, weights):
 
 
 def _timm_efficientnet_b0(weights):
-    try:
-        import timm
-    except ImportError as err:
-        raise RuntimeError("backend='timm' needs timm: pip install 'pcnet[timm]' (or pip install timm), or use "
-                           "backend='torchvision'") from err
+    timm = require("timm", purpose="backend='timm' (or use backend='torchvision')")
     try:
         model = timm.create_model("efficientnet_b0", pretrained=bool(weights))
     except OSError as err:
