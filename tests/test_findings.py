@@ -131,3 +131,25 @@ def test_replicate_lines_one_per_backbone(results):
     dyn = dynamics_report.outcomes(results[4], "paper", dynamics_report.main_condition(results[4]), "prediction", seed=seeds[-1])
     v = V.paired_proportions(dyn["T"], dyn["t0"], contrast="")
     assert v._interval("points") in lines[-1]
+
+
+def test_replicate_backbones_in_files_of_their_own_join_their_chapter(tmp_path, results):
+    import json
+
+    def write(name, result):
+        (tmp_path / name).write_text(json.dumps({"result": result}))
+
+    def load(path):
+        return json.loads(path.read_text())["result"]
+
+    r6 = results[6]
+    small5 = {"config": {"per_class": 1}, "value_sets": {}}
+    write("ch5_corruptions.json", small5)
+    write("ch5_corruptions_backbone2.json", {**small5, "config": {"per_class": 1, "backbone_seed": 2}})
+    write("ch6_robustness.json", r6)
+    out = findings.load_results(tmp_path, load=load)
+    assert set(out) == {5, 6} and set(out[5]["backbones"]) == {"0", "2"} and out[6] == r6  # no suite file yet
+    write("ch6_suite_backbone1_paper.json", {**r6, "config": {**r6["config"], "backbone_seed": 1}})
+    write("ch6_suite_backbone1_tuned.json", {**r6, "config": {**r6["config"], "backbone_seed": 1}})
+    out = findings.load_results(tmp_path, load=load)
+    assert set(findings.per_backbone(out[6])) == {1}  # the suite replaces the older design; tuned files stay out

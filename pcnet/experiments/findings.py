@@ -4,7 +4,8 @@ backbone where it was tested, generated from the committed results through the c
 
 A result file holds one backbone (``config["backbone_seed"]``, 0 when absent) or several, as
 ``{"backbones": {"<seed>": <one backbone's result>, ...}}`` (:func:`per_backbone`); chapter 4's result names its
-backbones in ``config["backbone_seeds"]`` and keys its runs by seed. A backbone a file lacks reads "not tested".
+backbones in ``config["backbone_seeds"]`` and keys its runs by seed; replicate backbones written to files of their
+own join their chapter (:func:`load_results`). A backbone no file holds reads "not tested".
 
 The rule, declared before the numbers: within each claim, the contrasts on every backbone form one Holm family
 (the chapters correct within their own, larger families, so their Holm p differ); a claim holds on a backbone when
@@ -21,6 +22,8 @@ BACKBONES = (0, 1, 2)
 CONTROLS = ("zero", "shuffled", "mean", "rescale")
 FILES = {4: "ch4_dynamics.json", 5: "ch5_corruptions.json", 6: "ch6_robustness.json"}
 PAGES = {4: "04_dynamics", 5: "05_corruptions", 6: "06_adversarial"}
+# replicate backbones' result files: (glob, whether they replace the chapter's main file rather than add to it)
+REPLICATES = {5: ("ch5_corruptions_backbone[0-9]*.json", False), 6: ("ch6_suite_backbone[0-9]*_paper.json", True)}
 
 
 @dataclass(frozen=True)
@@ -128,15 +131,27 @@ def rows(results: dict, *, n_boot: int = 2000) -> list[Row]:
     return sorted(out, key=lambda r: (order.index(r.claim), r.chapter))
 
 
-def load_results(folder=None) -> dict:
-    """{chapter: result} of the committed result files (sha256-checked) that exist under ``folder``."""
+def load_results(folder=None, *, load=None) -> dict:
+    """{chapter: result} of the committed result files under ``folder`` (default ``data/results``), each read by
+    ``load`` (default: sha256-checked :func:`weights.load_json_result`). Replicate backbones in files of their own
+    join their chapter as ``{"backbones": ...}`` (:data:`REPLICATES`): chapter 5's add to ``ch5_corruptions.json``;
+    chapter 6's shared-suite files, once any exists, replace ``ch6_robustness.json`` (one design for every backbone)."""
     import pathlib
 
     from . import weights
     from .data import DATA_DIR
 
-    folder = pathlib.Path(folder or DATA_DIR / "results")
-    return {ch: weights.load_json_result(folder / name) for ch, name in FILES.items() if (folder / name).exists()}
+    folder, load = pathlib.Path(folder or DATA_DIR / "results"), load or weights.load_json_result
+    out = {ch: load(folder / name) for ch, name in FILES.items() if (folder / name).exists()}
+    for ch, (pattern, replaces) in REPLICATES.items():
+        extra = sorted(folder.glob(pattern))
+        if not extra:
+            continue
+        parts = {} if replaces or ch not in out else per_backbone(out[ch])
+        for path in extra:
+            parts.update(per_backbone(load(path)))
+        out[ch] = {"config": parts[min(parts)]["config"], "backbones": {str(k): v for k, v in sorted(parts.items())}}
+    return out
 
 
 # ----------------------------------------------------------------------------- the page
