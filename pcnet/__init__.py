@@ -12,7 +12,8 @@ from .controls import rescaled_forward
 from .core import PredNet, Trace
 from .docs import show_source
 from .feedback import feedback_loss, feedback_step
+from .saving import load_feedback
 
-__all__ = ["predify", "PredNet", "Trace", "feedback_loss", "feedback_step", "rescaled_forward", "show_source",
-           "decoders", "dynamics", "hparams"]
+__all__ = ["predify", "PredNet", "Trace", "feedback_loss", "feedback_step", "load_feedback", "rescaled_forward",
+           "show_source", "decoders", "dynamics", "hparams"]
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import dynamics, fast, wiring
+from . import dynamics, fast, saving, wiring
 
 RECORDABLE = ("errors", "states", "predictions", "terms")
 FEEDBACK = ("prediction", "zero", "shuffled", "mean")
@@ -116,6 +116,11 @@ class PredNet(nn.Module):
         if not self.hyper.learnable:
             raise ValueError("hyperparameters are fixed; build the network with predify(..., learnable=True)")
         return iter([self.hyper.logits, self.hyper.log_alpha])
+
+    def save_feedback(self, path, *, note: str = "") -> str:
+        """Write the decoders' weights to one file (atomic, with its own sha256; :func:`pcnet.saving.save_feedback`);
+        load them with ``pcnet.load_feedback(net, path)``. Returns the sha256."""
+        return saving.save_feedback(self, path, note=note)
 
     def unwrap(self) -> nn.Module:
         """The original backbone, unchanged (no hooks stay attached)."""
