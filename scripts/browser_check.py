@@ -7,8 +7,9 @@
 Serves the site on a free localhost port (python http.server), opens the start page and one chapter
 in headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no browser download) and
 asserts: the chapter title, at least one equation rendered by MathJax (an SVG inside an
-``mjx-container``, no raw TeX left), at least one figure image loaded (naturalWidth > 0), no
-console errors and no failed requests. Every chapter's Colab link must point at a notebook that
+``mjx-container``, no raw TeX left), at least one figure image loaded (naturalWidth > 0), no code-output
+line wider than the page (cut off at 1,280 px), no console errors and no failed requests; ``--also`` checks
+more chapters the same way (without the equation check). Every chapter's Colab link must point at a notebook that
 exists in the repository. Screenshots are saved to ``<screenshot-dir>/browser_*.png``.
 
 ``--ensure-browser`` finds Chromium or Google Chrome (Linux and macOS); where none is found and
@@ -142,6 +143,18 @@ def check_colab_links(site: pathlib.Path) -> list[str]:
     return problems
 
 
+# Code outputs (``pre`` blocks of cell outputs) whose text is wider than their box: the reader sees the line cut
+# off at the page's edge (or a sideways scrollbar). Returns the start of the longest line of each.
+WIDE_OUTPUTS_JS = """() => Array.from(document.querySelectorAll('div.cell_output pre, div.output pre'))
+    .filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.textContent.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '').slice(0, 80))"""
+
+
+def wide_outputs(page) -> list[str]:
+    """The code-output lines of ``page`` wider than the page's column (each shown by its first 80 characters)."""
+    return page.evaluate(WIDE_OUTPUTS_JS)
+
+
 def check_page(page, url: str, *, expect_title: str | None, need_math: bool, need_figure: bool,
                screenshot: pathlib.Path) -> list[str]:
     errors: list[str] = []
@@ -175,6 +188,8 @@ def check_page(page, url: str, *, expect_title: str | None, need_math: bool, nee
     title = title.replace("#", "").strip()
     if expect_title is not None and expect_title not in title:
         problems.append(f"{url}: title {title!r} does not contain {expect_title!r}")
+    problems += [f"{url}: a code-output line is wider than the page and is cut off: {line!r}; print it shorter "
+                 "(wrap it, or show findings as Markdown)" for line in wide_outputs(page)]
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(screenshot), full_page=False)
     problems += [f"{url}: {e}" for e in errors]
@@ -197,6 +212,9 @@ def main(argv=None) -> int:
     parser.add_argument("--site", default=str(ROOT / "_build" / "html"))
     parser.add_argument("--chapter", default="book/01_predictive_coding.html",
                         help="chapter page to check, relative to the site")
+    parser.add_argument("--also", nargs="*", default=[], metavar="PAGE",
+                        help="more chapter pages to check the same way (screenshots browser_<name>.png), e.g. "
+                             "book/04_dynamics.html book/05_corruptions.html")
     parser.add_argument("--screenshot-dir", default=str(ROOT / "_build"))
     parser.add_argument("--chromium", default=None, help="path to a Chromium/Chrome binary")
     parser.add_argument("--ensure-browser", action="store_true",
@@ -225,6 +243,10 @@ def main(argv=None) -> int:
             problems += check_page(context.new_page(), f"{base}/{args.chapter}", expect_title=expected,
                                    need_math=True, need_figure=True,
                                    screenshot=shots / "browser_chapter.png")
+            for extra in args.also:
+                problems += check_page(context.new_page(), f"{base}/{extra}", expect_title=chapter_title(site, extra),
+                                       need_math=False, need_figure=True,
+                                       screenshot=shots / f"browser_{pathlib.Path(extra).stem}.png")
         finally:
             browser.close()
     if problems:
