@@ -232,3 +232,39 @@ def test_checkpointed_backbone_is_refused_in_grad_mode_and_runs_without(reentran
         net(x, timesteps=2)
     with torch.no_grad():
         assert torch.equal(net(x, timesteps=2), plain(x, timesteps=2))
+
+
+# --------------------------------------------------------------------------- optional dependencies: one helper
+@pytest.mark.parametrize("module, call, command", [
+    ("torchattacks", lambda: __import__("pcnet.experiments.attacks").experiments.attacks.make_attack(
+        "pgd", small_cnn(), eps=0.1), "pip install --no-deps torchattacks"),
+    ("seaborn", lambda: __import__("pcnet.experiments.plotting").experiments.plotting.use_style(),
+     'pip install "pcnet[book]"'),
+    ("timm", lambda: models.pefficientnet_b0(backend="timm", image_size=32), 'pip install "pcnet[timm]"'),
+    ("scipy.stats", lambda: __import__("pcnet.experiments.stats").experiments.stats.mcnemar_exact(3, 4),
+     'pip install "pcnet[book]"'),
+    ("pandas", lambda: evaluate.terms_table({"memory": torch.zeros(1, 1)}, ["a"]), 'pip install "pcnet[book]"'),
+])
+def test_missing_optional_module_names_the_install_command(monkeypatch, module, call, command):
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # import of it now fails as if not installed
+    with pytest.raises(ModuleNotFoundError, match=rf"needs the optional package '{module.split('.')[0]}'.*"
+                                                  rf"install it with: {__import__('re').escape(command)}"):
+        call()
+
+
+def test_pgd_needs_no_optional_module(monkeypatch):
+    from pcnet.experiments import attacks
+    monkeypatch.setitem(__import__("sys").modules, "torchattacks", None)
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 1])
+    adv, curve = attacks.pgd(small_cnn(), x, y, eps=0.05, steps=2)
+    assert adv.shape == x.shape and curve.shape == (3,)
+
+
+def test_require_keeps_a_missing_dependency_of_an_installed_module(monkeypatch):
+    """The package is there but one of its own imports is not: the original error, naming that one, stays."""
+    from pcnet.experiments.optional import require
+    err = ModuleNotFoundError("No module named 'inner'", name="inner")
+    monkeypatch.setattr("importlib.import_module", lambda name: (_ for _ in ()).throw(err))
+    with pytest.raises(ModuleNotFoundError, match="No module named 'inner'"):
+        require("seaborn", purpose="a test")
