@@ -343,3 +343,44 @@ def test_withheld_verdicts_take_no_share_of_holm():
     a, b, c = holm_family([v(0.01), v(0.001, "not converged"), v(0.04)])
     assert (a.p_holm, b.p_holm, c.p_holm) == (pytest.approx(0.02), None, pytest.approx(0.04))
     assert b.effect == "withheld" and b.phrase == "no comparison: not converged" and a.effect == "gain"
+
+
+def test_suite_gives_every_model_the_same_attacks_at_two_budgets_on_fresh_images():
+    """Issue 19: one shared suite (APGD-CE/DLR 100x3, Square 5,000, AutoAttack; BPDA on the iterative models) at
+    the suite's budget and doubled, T = 10, at the main eps, on 200 images none of which the first study used."""
+    c = R.Config.suite_of(backbone_seed=2)
+    assert (c.timesteps, c.eps_sweep, c.backbone_seed, c.autoattack) == (10, (0.02,), 2, True)
+    runs = {(m, a, b, k) for m, a, _, b, k in R._runs(c)}
+    for m in ("t0", "dynamics", "zero", "shuffled", "mean", "rescale"):
+        assert {(m, a, b, 3) for a in ("apgd-ce", "apgd-dlr") for b in (100, 200)} <= runs
+        assert {(m, "square", 5000, 1), (m, "square", 10000, 1), (m, "autoattack", 0, 1)} <= runs
+    for m in ("bpda-last-k", "bpda-last-k@zero", "bpda-feedforward@shuffled", "bpda-detached-error@mean"):
+        assert {(m, "apgd-ce", 100, 3), (m, "apgd-ce", 200, 3)} <= runs
+    assert not any(m.endswith("@rescale") for m, *_ in runs)
+    idx, _, y = R.images(c)
+    first, _, _ = R.images(R.Config())
+    assert len(idx) == 200 and not set(idx.tolist()) & set(first.tolist()) and torch.bincount(y).tolist() == [20] * 10
+    assert R.images(R.Config())[0].tolist() == first.tolist()  # the committed study's images are unchanged
+    assert R._as_config(weights.load_json_result(R.RESULT_PATH)["config"]) == R.Config()
+
+
+def test_bpda_on_a_control_keeps_the_control_s_value(tiny):
+    net, x, _ = tiny
+    zero = attacks.attacked_model(net, "zero", timesteps=2)
+    bpda = attacks.attacked_model(net, "bpda-last-k@zero", timesteps=2, last_k=1)
+    mean = attacks.attacked_model(net, "mean", timesteps=2)
+    bpda_mean = attacks.attacked_model(net, "bpda-feedforward@mean", timesteps=2)
+    with torch.no_grad():
+        assert torch.allclose(bpda(x), zero(x), atol=1e-6) and torch.allclose(bpda_mean(x), mean(x), atol=1e-6)
+    assert not attacks.is_model("bpda-last-k@rescale") and attacks.is_model("bpda-last-k@shuffled")
+    with pytest.raises(ValueError, match="unknown models"):
+        R.Config(bpda=("bpda-last-k@rescale",))
+
+
+def test_autoattack_counts_in_both_budgets_of_the_convergence_check():
+    T, F = True, False
+    r = _result({**{(m, "apgd-ce", b, k): v for b, k in ((100, 3), (200, 3))
+                    for m, v in (("t0", [T, T, F, F]), ("dynamics", [T, T, T, F]))},
+                 ("t0", "autoattack", 0, 1): [T, F, F, F]}, t0_transfer=[T, T, T, T])
+    ok, why = RR.suite_convergence(r, model="t0", eps=0.1, tolerance=1.0)
+    assert ok and why == "t0: converged (25.0% at the weak budgets, 25.0% at the strong ones)"

@@ -218,18 +218,33 @@ class BatchFeedback(nn.Module):
     sees these smaller batches: the reported correctness is evaluated on the whole block.
     """
 
-    def __init__(self, net, *, timesteps: int, feedback: str):
+    def __init__(self, net, *, timesteps: int, feedback: str, gradient: str = "full", k: int | None = None):
         super().__init__()
-        self.control = TimestepLogits(net, timestep=timesteps, feedback=feedback)
-        self.single = TimestepLogits(net, timestep=timesteps)
+        self.control = TimestepLogits(net, timestep=timesteps, feedback=feedback, gradient=gradient, k=k)
+        self.single = TimestepLogits(net, timestep=timesteps, gradient=gradient, k=k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.control if x.shape[0] >= 2 else self.single)(x)  # (B, K)
 
 
+def is_model(name: str) -> bool:
+    """Whether :func:`attacked_model` knows ``name``: one of MODELS, or a BPDA variant on a feedback control,
+    ``"bpda-<gradient>@<zero|shuffled|mean>"`` (the control's exact value, a surrogate gradient)."""
+    base, _, control = str(name).partition("@")
+    return name in MODELS or (base.startswith("bpda-") and base in MODELS and control in ("zero", "shuffled", "mean"))
+
+
 def attacked_model(net, name: str, *, timesteps: int, last_k: int = 1) -> nn.Module:
-    """The (B, K) model that ``name`` (one of MODELS) attacks; its forward value is the evaluated function."""
+    """The (B, K) model that ``name`` (one of MODELS, or ``bpda-<gradient>@<control>``: see :func:`is_model`)
+    attacks; its forward value is the evaluated function."""
     import pcnet
+    if "@" in name and is_model(name):
+        base, control = name.split("@")
+        gradient = base[len("bpda-"):]
+        k = last_k if gradient == "last-k" else None
+        if control == "zero":
+            return TimestepLogits(net, timestep=timesteps, feedback="zero", gradient=gradient, k=k)
+        return BatchFeedback(net, timesteps=timesteps, feedback=control, gradient=gradient, k=k)
     if name == "t0":
         return TimestepLogits(net, timestep=0)
     if name == "dynamics":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
-import json
 import pathlib
 import sys
 import time

@@ -103,8 +103,8 @@ def _run(cfg: Config, values: dict, cond, control: str, *, backbone_seed: int = 
     net = _net(values, backbone_seed=backbone_seed, error_scale=error_scale)
     correct = study.correct_under(net, _test(cfg, cond, backbone_seed), control=control, timesteps=cfg.timesteps,
                                   batch_size=cfg.batch_size)
-    if correct.dim() == 1:
-        return {"T": study.pack(correct), "accuracy": float(correct.float().mean())}
+    if control == "rescale":  # one feedforward pass, the same outcome at every t (T+1, n)
+        return {"T": study.pack(correct[-1]), "accuracy": float(correct[-1].float().mean())}
     return {"t0": study.pack(correct[0]), "T": study.pack(correct[-1]), "accuracy": correct.float().mean(1).tolist()}
 
 
@@ -245,7 +245,7 @@ def _inputs(key: str) -> dict[str, str]:
     return reference_inputs(backbone_seed=_backbone_of(key), splits=("train", "test"))
 
 
-def store(cfg: Config, cache) -> "ChunkStore":
+def store(cfg: Config, cache):
     """Chapter 4's chunks under ``cache``, keyed by the config, the chunk (with the tuned values it uses) and the
     files it reads (:mod:`pcnet.experiments.chunks`): a retrain or a new grid result never reuses an old chunk."""
     from .chunks import ChunkStore

@@ -19,6 +19,21 @@ LABELS = {"t0": "t = 0 (backbone)", "dynamics": "t = T (dynamics)", "zero": "zer
           "bpda-detached-error": "BPDA detached error"}
 
 
+def label(model: str) -> str:
+    """A model's name for the page: LABELS, and "BPDA last k on zero feedback" for a BPDA variant on a control."""
+    base, _, control = model.partition("@")
+    return LABELS[base] + (f" on {LABELS[control]}" if control else "")
+
+
+def attacked_as(run_model: str, model: str) -> bool:
+    """Whether a run on ``run_model`` attacks ``model``'s exact function: the model itself, a BPDA variant of the
+    dynamics ("bpda-last-k") or of a feedback control ("bpda-last-k@zero")."""
+    if run_model == model:
+        return True
+    base, _, control = run_model.partition("@")
+    return base.startswith("bpda-") and (control == model or (not control and model == "dynamics"))
+
+
 def _runs(result: dict, *, model: str, eps: float) -> dict:
     return {k: r for k, r in result["runs"].items() if r["model"] == model and r["eps"] == eps}
 
@@ -26,12 +41,11 @@ def _runs(result: dict, *, model: str, eps: float) -> dict:
 def attack_outcomes(result: dict, *, model: str, eps: float) -> dict[str, torch.Tensor]:
     """{run key: per-image correctness (N,)} of every attack on ``model`` at ``eps``; for the dynamics also
     the transfer from the backbone's adversarial images and the BPDA attacks (evaluated on the dynamics)."""
-    out = {k: torch.tensor(r["correct"]) for k, r in _runs(result, model=model, eps=eps).items()}
+    out = {k: torch.tensor(r["correct"]) for k, r in result["runs"].items()
+           if r["eps"] == eps and attacked_as(r["model"], model)}
     if model == "dynamics":
         for k, r in _runs(result, model="t0", eps=eps).items():
             out["transfer from " + k] = torch.tensor(r["transfer"])
-        for name in (m for m in LABELS if m.startswith("bpda-")):
-            out.update({k: torch.tensor(r["correct"]) for k, r in _runs(result, model=name, eps=eps).items()})
     if not out:
         raise ValueError(f"no attack on model={model!r} at eps={eps} in the study")
     return out
@@ -55,7 +69,7 @@ def sweep_table(result: dict, *, models=("t0", "dynamics")):
         for model in models:
             outcomes = attack_outcomes(result, model=model, eps=eps)
             worst = torch.stack(list(outcomes.values())).all(0)
-            row = {"eps": eps, "model": LABELS[model], "n": len(worst), **_bound(worst)}
+            row = {"eps": eps, "model": label(model), "n": len(worst), **_bound(worst)}
             row["strongest attack"] = min(outcomes, key=lambda k: int(outcomes[k].sum()))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -64,7 +78,7 @@ def sweep_table(result: dict, *, models=("t0", "dynamics")):
 def attack_table(result: dict, *, eps: float):
     """Every attack at ``eps``: model, attack, budget and its robust accuracy (an upper bound) with interval."""
     import pandas as pd
-    rows = [{"model": LABELS[r["model"]], "attack": r["attack"], "budget": f"{r['budget']} x {r['restarts']}",
+    rows = [{"model": label(r["model"]), "attack": r["attack"], "budget": f"{r['budget']} x {r['restarts']}",
              **_bound(r["correct"])} for r in result["runs"].values() if r["eps"] == eps]
     rows += [{"model": LABELS["dynamics"], "attack": "transfer (" + r["attack"] + " on t = 0)",
               "budget": f"{r['budget']} x {r['restarts']}", **_bound(r["transfer"])}
@@ -144,13 +158,14 @@ def suite_convergence(result: dict, *, model: str, eps: float, tolerance: float)
     for key, r in result["runs"].items():
         if r["eps"] != eps:
             continue
-        if r["model"] == model or (model == "dynamics" and r["model"].startswith("bpda-")):
+        if attacked_as(r["model"], model):
             groups.setdefault((r["model"], r["attack"]), []).append(r["correct"])
         if model == "dynamics" and r["model"] == "t0" and "transfer" in r:
             groups.setdefault(("transfer", r["attack"]), []).append(r["transfer"])
     if not groups:
         return False, f"no attack on {LABELS[model]} at eps = {eps:g}"
-    single = sorted(f"{m}/{a}" for (m, a), runs in groups.items() if len(runs) < 2)
+    # AutoAttack runs at the library's fixed settings: it has no budget to double and counts in both worst cases
+    single = sorted(f"{m}/{a}" for (m, a), runs in groups.items() if len(runs) < 2 and a != "autoattack")
     if single:
         return False, f"{model}: not checked ({', '.join(single)} at one budget only)"
     budgets = {}

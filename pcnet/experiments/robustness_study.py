@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import pathlib
 import sys
 import time
@@ -29,122 +27,14 @@ import torch
 from torch import nn
 
 from . import attacks, chunks, corruptions, data, models, weights
-from .attacks import MODELS, attacked_model
+from .attacks import MODELS, attacked_model  # noqa: F401 (MODELS: part of this module's interface)
+from .robustness_config import STUDY_VERSION, TUNED_SOURCE, Config, Job, _runs, _suite_runs, jobs  # noqa: F401
 
 STUDY_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "autoattack")
 RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness.json"
 TUNED_RESULT_PATH = data.DATA_DIR / "results" / "ch6_robustness_tuned.json"
-TUNED_SOURCE = data.DATA_DIR / "results" / "ch4_tuned_hparams.json"  # written by pcnet.experiments.dynamics_runs
 CACHE_DIR = data.DATA_DIR / "chunks" / "ch6_robustness"  # committed: a study can never be lost between sessions
-STUDY_VERSION = 1  # bump when a change alters what a job computes (old chunks then live in another folder)
 COMMAND = "nice -n 10 python -m pcnet.experiments.robustness_study"
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The study's parameters (defaults: the full study; :meth:`smoke` shrinks them)."""
-    per_class: int = 20                       # images per class (x 10 classes), class-stratified test subset
-    subset_seed: int = 2
-    decoder_seed: int = 0
-    backbone_seed: int = 0                    # which of the three independently trained backbones (and its decoders)
-    timesteps: int = 6
-    beta: float = 0.8
-    lam: float = 0.1
-    alpha: float = 0.01
-    eps_sweep: tuple = (0.01, 0.02, 0.04, 0.08)  # L-inf, [0, 1] pixel units
-    eps_main: float = 0.02
-    steps: int = 100                          # APGD: strong budget (steps, restarts)
-    restarts: int = 3
-    weak_steps: int = 50                      # APGD: weak budget, main epsilon only (convergence)
-    weak_restarts: int = 1
-    queries: int = 1000                       # Square: every epsilon / weak budget at the main epsilon (0: no Square)
-    queries_main: int = 5000                  # Square: strong budget at the main epsilon (0: no Square)
-    last_k: int = 2                           # BPDA last-k
-    controls: tuple = ("zero", "shuffled", "mean", "rescale")
-    bpda: tuple = ("bpda-feedforward", "bpda-last-k", "bpda-detached-error")
-    autoattack: bool = True
-    attack_seed: int = 0
-    block: int = 50                           # images per job (the batch: shuffled/mean feedback mix within it)
-
-    @classmethod
-    def smoke(cls) -> "Config":
-        return cls(per_class=1, timesteps=2, eps_sweep=(0.02, 0.08), steps=4, restarts=2, weak_steps=2,
-                   queries=10, queries_main=20, last_k=1, block=5, autoattack=False)
-
-    @classmethod
-    def tuned(cls, *, smoke: bool = False, source=TUNED_SOURCE) -> "Config":
-        """Chapter 4's tuned (beta, lam, alpha) at the T they were selected with, attacked at the main eps only:
-        APGD-CE and APGD-DLR at both budgets, Square at half and at the whole of the sweep's query budget, the
-        BPDA variants and every control; no AutoAttack (cost)."""
-        record = weights.load_json_result(source)
-        values, T = record["recommended"], record["grid_search"]["timesteps"]
-        base = cls.smoke() if smoke else cls()
-        return dataclasses.replace(base, beta=values["beta"], lam=values["lam"], alpha=values["alpha"],
-                                   timesteps=2 if smoke else T, eps_sweep=(base.eps_main,), queries=base.queries // 2,
-                                   queries_main=base.queries, controls=("rescale", "zero", "mean", "shuffled"),
-                                   autoattack=False)
-
-    def __post_init__(self):
-        if self.eps_main not in self.eps_sweep:
-            raise ValueError(f"eps_main={self.eps_main} must be one of eps_sweep={self.eps_sweep}")
-        if not (self.steps >= self.weak_steps and self.restarts >= self.weak_restarts
-                and self.queries_main >= self.queries and (self.queries > 0) == (self.queries_main > 0)):
-            raise ValueError("the strong budget (steps, restarts, queries_main) must not be below the weak one "
-                             "(weak_steps, weak_restarts, queries); queries and queries_main are both 0 (no Square) "
-                             "or both positive")
-        bad = set(self.controls + self.bpda) - set(MODELS)
-        if bad:
-            raise ValueError(f"unknown models {sorted(bad)} in controls/bpda; choose from {MODELS}")
-
-    def digest(self) -> str:
-        """A short hash of the parameters (names the chunk folder, so changed parameters never mix)."""
-        return hashlib.sha256(json.dumps({**dataclasses.asdict(self), "version": STUDY_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One attack at one budget (steps or queries, restarts) on one model, epsilon and image block."""
-    model: str
-    attack: str
-    eps: float
-    budget: int
-    restarts: int
-    block: int
-
-    @property
-    def run(self) -> str:
-        """The key of the run (all blocks): model/attack/eps/budget."""
-        return f"{self.model}/{self.attack}/eps={self.eps:g}/{self.budget}x{self.restarts}"
-
-    @property
-    def key(self) -> str:
-        return self.run.replace("/", "_").replace("=", "") + f"_b{self.block}"
-
-
-def _runs(c: Config) -> list[tuple]:
-    """(model, attack, eps, budget, restarts) in order of importance (no Square where queries is 0)."""
-    strong = lambda m, e, q: [(m, "apgd-ce", e, c.steps, c.restarts), (m, "apgd-dlr", e, c.steps, c.restarts)] + (
-        [(m, "square", e, q, 1)] if q else [])
-    main = strong("t0", c.eps_main, c.queries_main) + strong("dynamics", c.eps_main, c.queries_main)
-    runs = sorted(main, key=lambda r: r[1] == "square")  # the gradient attacks first (stable sort)
-    for m in ("t0", "dynamics"):  # convergence: the weak budget
-        runs += [(m, "apgd-ce", c.eps_main, c.weak_steps, c.weak_restarts),
-                 (m, "apgd-dlr", c.eps_main, c.weak_steps, c.weak_restarts)]
-        runs += [(m, "square", c.eps_main, c.queries, 1)] if c.queries else []
-    for e in (e for e in c.eps_sweep if e != c.eps_main):
-        runs += strong("t0", e, c.queries) + strong("dynamics", e, c.queries)
-    for m in c.controls:
-        runs += [(m, "apgd-ce", c.eps_main, c.steps, c.restarts), (m, "apgd-dlr", c.eps_main, c.steps, c.restarts)]
-    runs += [(m, "apgd-ce", c.eps_main, c.steps, 1) for m in c.bpda]
-    if c.autoattack:
-        runs += [(m, "autoattack", c.eps_main, 0, 1) for m in ("t0", "dynamics")]
-    return runs
-
-
-def jobs(config: Config, n_images: int) -> list[Job]:
-    """Every job of the study, most important first."""
-    blocks = range((n_images + config.block - 1) // config.block)
-    return [Job(*run, block=b) for run in _runs(config) for b in blocks]
 
 
 def make_study_attack(job: Job, model: nn.Module, *, seed: int):
@@ -165,7 +55,11 @@ def make_study_attack(job: Job, model: nn.Module, *, seed: int):
 def images(config: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(indices (N,), x (N, 1, 28, 28), y (N,)): the class-stratified Fashion-MNIST test subset."""
     x_all, y_all = data.fashion_mnist(split="test").tensors
-    idx = corruptions.stratified_subset(y_all, per_class=config.per_class, seed=config.subset_seed)
+    pool = torch.arange(len(y_all))
+    if config.exclude_seed is not None:  # fresh: none of the images an earlier study was designed on
+        seen = corruptions.stratified_subset(y_all, per_class=config.per_class, seed=config.exclude_seed)
+        pool = pool[~torch.isin(pool, seen)]
+    idx = pool[corruptions.stratified_subset(y_all[pool], per_class=config.per_class, seed=config.subset_seed)]
     return idx, x_all[idx], y_all[idx]
 
 
@@ -331,14 +225,23 @@ def progress(config: Config, *, cache=CACHE_DIR) -> dict:
     return out
 
 
+def suite_path(backbone_seed: int, values: str) -> pathlib.Path:
+    """The committed result of the shared suite on one backbone at "paper" or "tuned" values."""
+    return RESULT_PATH.with_name(f"ch6_suite_backbone{backbone_seed}_{values}.json")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.robustness_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the tiny configuration (seconds); needs --out")
     parser.add_argument("--tuned", action="store_true",
                         help=f"attack chapter 4's tuned values (read from {TUNED_SOURCE.name}) at the main eps")
+    parser.add_argument("--suite", action="store_true", help="the shared, converged suite on fresh images at T = 10 "
+                        "(Config.suite_of; with --backbone-seed, and --tuned for chapter 4's tuned values)")
+    parser.add_argument("--backbone-seed", type=int, default=0, choices=(0, 1, 2), help="with --suite: the backbone")
     parser.add_argument("--out", default=None, help=f"result file (default: {RESULT_PATH}, with --tuned "
-                                                   f"{TUNED_RESULT_PATH})")
+                                                   f"{TUNED_RESULT_PATH}, with --suite {suite_path(0, 'paper').name} "
+                                                   "for backbone 0 and the paper values)")
     parser.add_argument("--cache", default=str(CACHE_DIR), help="chunk folder (default: %(default)s)")
     parser.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
     parser.add_argument("--shard", default="0/1", help="I/N: run only jobs I mod N (N workers side by side)")
@@ -349,8 +252,15 @@ def main(argv=None) -> int:
     if args.smoke and args.out is None and not args.status:
         parser.error("--smoke writes a tiny study: give it a scratch file with --out (the default is the committed one)")
     torch.set_num_threads(args.threads)
-    config = Config.tuned(smoke=args.smoke) if args.tuned else Config.smoke() if args.smoke else Config()
-    out = args.out or str(TUNED_RESULT_PATH if args.tuned else RESULT_PATH)
+    values = "tuned" if args.tuned else "paper"
+    if args.suite:
+        config = Config.suite_of(backbone_seed=args.backbone_seed, values=values, smoke=args.smoke)
+    elif args.backbone_seed:
+        parser.error("--backbone-seed needs --suite (the replicate backbones run the shared suite)")
+    else:
+        config = Config.tuned(smoke=args.smoke) if args.tuned else Config.smoke() if args.smoke else Config()
+    default = suite_path(args.backbone_seed, values) if args.suite else TUNED_RESULT_PATH if args.tuned else RESULT_PATH
+    out = args.out or str(default)
     try:  # before any compute: a bad target or a committed file for another configuration stops here
         shard = chunks.parse_shard(args.shard)
         chunks.check_output(out, kind="file", committed=not args.smoke)
