@@ -84,10 +84,34 @@ def test_correct_under_rescale_equals_the_fixed_point_forward_and_rejects_unknow
     scale = [0.6 / 0.9, 1.0]  # beta / (beta + lam); the top PCoder has lam = 0
     assert S.fixed_point_scales(net) == pytest.approx(scale)
     expected = evaluate.correct_of(lambda x: pcnet.rescaled_forward(net, x, scale=scale), data, progress=False)
-    assert torch.equal(S.correct_under(net, data, control="rescale", timesteps=3, batch_size=20), expected)
-    assert S.correct_under(net, data, control="zero", timesteps=3, batch_size=20).shape == (4, 100)
+    rescaled = S.correct_under(net, data, control="rescale", timesteps=3, batch_size=20)
+    assert rescaled.shape == (4, 100) and all(torch.equal(row, expected) for row in rescaled)  # same shape as ...
+    assert S.correct_under(net, data, control="zero", timesteps=3, batch_size=20).shape == (4, 100)  # ... feedback
+    result = evaluate.evaluate_dynamics(net, data, timesteps=2, feedback="rescale", batch_size=30, progress=False)
+    assert result.correct.shape == (3, 100) and torch.equal(result.correct[-1], expected)
+    assert result.accuracy.tolist() == [expected.float().mean().item()] * 3
+    with pytest.raises(ValueError, match=r"rescale control is one feedforward pass .*drop record=\('errors',\)"):
+        evaluate.evaluate_dynamics(net, data, timesteps=2, feedback="rescale", record=("errors",), progress=False)
     with pytest.raises(ValueError, match="control must be one of"):
         S.correct_under(net, data, control="noise", timesteps=3, batch_size=20)
+
+
+def test_study_chunks_of_the_rescale_control_keep_their_format(monkeypatch):
+    """dynamics_runs._run stores the rescale control as one packed outcome and one accuracy, as before the
+    (T+1, n) shape; a feedback control as t0, T and an accuracy per timestep."""
+    import types
+
+    from pcnet.experiments import dynamics_runs as runs
+
+    net, data = mixing_net(beta=0.6, lam=0.3), threshold_data()
+    monkeypatch.setattr(runs, "_net", lambda values, **options: net)
+    monkeypatch.setattr(runs, "_test", lambda cfg, cond, seed: data)
+    cfg = types.SimpleNamespace(timesteps=3, batch_size=20)
+    expected = evaluate.correct_of(lambda x: pcnet.rescaled_forward(net, x, scale=[0.6 / 0.9, 1.0]), data,
+                                   progress=False)
+    assert runs._run(cfg, {}, None, "rescale") == {"T": S.pack(expected), "accuracy": expected.float().mean().item()}
+    zero = runs._run(cfg, {}, None, "zero")
+    assert set(zero) == {"t0", "T", "accuracy"} and len(zero["accuracy"]) == 4
 
 
 def test_state_distances_per_image_average_to_the_evaluate_helper():

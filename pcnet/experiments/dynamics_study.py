@@ -75,21 +75,13 @@ def noisy_images(images: TensorDataset, cond: Sequence, *, seed: int) -> TensorD
 # --------------------------------------------------------------------------- correctness of the dynamics and controls
 def fixed_point_scales(net) -> list[float]:
     """beta / (beta + lam) per PCoder (eq. eq-fixed-point) at the net's current values."""
-    from pcnet import dynamics
-
-    h = net.hparams()
-    return [dynamics.fixed_point_scale(beta=b, lam=l) for b, l in zip(h["beta"].tolist(), h["lam"].tolist())]
+    return evaluate._fixed_point_scales(net)
 
 
 def correct_under(net, images: TensorDataset, *, control: str, timesteps: int, batch_size: int) -> torch.Tensor:
-    """Per-image correctness: (T+1, n) for a feedback mode of ``MODES``, (n,) for ``control="rescale"``."""
-    import pcnet
-
-    if control == "rescale":
-        scale = fixed_point_scales(net)
-        return evaluate.correct_of(lambda x: pcnet.rescaled_forward(net, x, scale=scale), images,
-                                   batch_size=batch_size, device=devices.of(net)[0], progress=False)
-    if control not in MODES:
+    """Per-image correctness (T+1, n) under a feedback mode of ``MODES`` or ``control="rescale"`` (the feedforward
+    control: one pass, its outcome repeated at every t, see :func:`evaluate.evaluate_dynamics`)."""
+    if control not in MODES + ("rescale",):
         raise ValueError(f"control must be one of {MODES + ('rescale',)}, got {control!r}")
     return evaluate.evaluate_dynamics(net, images, timesteps=timesteps, feedback=control, batch_size=batch_size,
                                       progress=False).correct

@@ -132,17 +132,27 @@ def evaluate_dynamics(net, data: Dataset | DataLoader, *, timesteps: int, corrup
                       feedback: str = "prediction", batch_size: int = 256, seed: int = 0,
                       record: Sequence[str] = (), progress: bool = True,
                       precision: str | None = None) -> DynamicsResult:
-    """Run the dynamics over a whole dataset; per-image correctness plus batch-weighted means of ``record``.
+    """Run the dynamics over a whole dataset; per-image correctness (T+1, n) plus batch-weighted means of ``record``.
 
     ``corrupt(x, generator=g)`` is applied to each batch with one generator seeded by ``seed``
     (same seed and batch order => same noisy images). ``record`` may contain "errors" and "terms".
     Batches go to the network's device and dtype; ``precision`` ("bf16", "fp16") runs under autocast.
+    ``feedback``: "prediction" or a control of :meth:`pcnet.PredNet.run` ("zero", "shuffled", "mean"), or
+    "rescale", the feedforward control (:func:`pcnet.rescaled_forward` at beta / (beta + lam) per PCoder, eq.
+    eq-fixed-point): one pass without timesteps, whose outcome is repeated at every t, so that ``correct`` is
+    (T+1, n) for every control and ``correct[-1]`` compares at t = T.
     """
     bad = set(record) - {"errors", "terms"}
     if bad:
         raise ValueError(f"record may contain 'errors' and 'terms', got {sorted(bad)}")
     if timesteps < 0:
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
+    if feedback == "rescale" and record:
+        raise ValueError(f"the rescale control is one feedforward pass without errors or terms; drop "
+                         f"record={tuple(record)} or evaluate a feedback mode")
+    import pcnet
+
+    scale = _fixed_point_scales(net) if feedback == "rescale" else None
     (device, dtype), g = devices.of(net), torch.Generator().manual_seed(seed)
     correct, err_sum, term_sum, n_seen = [], None, {}, 0
     loader = _loader(data, batch_size)
@@ -151,7 +161,9 @@ def evaluate_dynamics(net, data: Dataset | DataLoader, *, timesteps: int, corrup
             x = corrupt(x, generator=g)
         x, y = x.to(device, dtype), class_labels(y, n=x.shape[0]).to(device)  # (B,): an (B, 1) column is squeezed
         with devices.autocast(device, precision):
-            if record:
+            if scale is not None:  # one pass, the same at every t: (T+1, B, K)
+                logits = pcnet.rescaled_forward(net, x, scale=scale).unsqueeze(0).expand(timesteps + 1, -1, -1)
+            elif record:
                 trace = net.run(x, timesteps=timesteps, feedback=feedback, record=tuple(record))
                 logits = trace.logits  # (T+1, B, K)
             else:
@@ -170,6 +182,14 @@ def evaluate_dynamics(net, data: Dataset | DataLoader, *, timesteps: int, corrup
     return DynamicsResult(correct=torch.cat(correct, dim=1),
                           errors=None if err_sum is None else err_sum / n_seen,
                           terms={k: v / n_seen for k, v in term_sum.items()})
+
+
+def _fixed_point_scales(net) -> list[float]:
+    """beta / (beta + lam) per PCoder (eq. eq-fixed-point) at the net's current values."""
+    from pcnet import dynamics
+
+    h = net.hparams()
+    return [dynamics.fixed_point_scale(beta=b, lam=lam) for b, lam in zip(h["beta"].tolist(), h["lam"].tolist())]
 
 
 @torch.no_grad()
