@@ -212,3 +212,73 @@ def test_download_with_a_wrong_published_hash_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="could not download.*pass the file's path"):
         dl.download((tmp_path / "absent.bin").as_uri(), tmp_path / "out" / "x.bin", progress=False)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- the authors' other layouts (key names as in miladmozafari/predify and bhavinc/predify2021) and refusals ---
+
+def _authors_pc_files(tmp_path, state, *, c_sqrt):
+    """One file per PCoder as the authors' trainer saves it: {"pcoderweights": PCoder state dict, "optimizer",
+    "epoch"}; a PCoderN's state dict also holds its ``C_sqrt`` buffer (-1 until measured)."""
+    paths = []
+    for n in range(1, 6):
+        pc = {"pmodule." + k.removeprefix(f"pcoder{n}.pmodule."): v for k, v in state.items()
+              if k.startswith(f"pcoder{n}.pmodule.")}
+        pc["C_sqrt"] = torch.tensor(float(c_sqrt[n - 1]))
+        paths.append(tmp_path / f"pnet_pretrained_pc{n}_049.pth")
+        torch.save({"pcoderweights": pc, "optimizer": {"state": {}, "param_groups": []}, "epoch": 49}, paths[-1])
+    return paths
+
+
+def test_per_pcoder_files_with_c_sqrt(tmp_path, vgg):
+    state = _vgg_original(vgg, seed=6)
+    c_sqrt = [3.0, 40.0, -1.0, 70.0, 90.0]  # PCoder 3 never measured its C (-1): pcnet's structural count stays
+    before = vgg.projective_fields.clone()
+    report = released.load_feedback(vgg, _authors_pc_files(tmp_path, state, c_sqrt=c_sqrt))
+    assert report["layout"] == "original" and report["C"] == {0: 9.0, 1: 1600.0, 3: 4900.0, 4: 8100.0}
+    assert vgg.projective_fields[2] == before[2] and vgg.projective_fields[1] == 1600.0
+    assert torch.equal(vgg.decoders[4][0].weight, state["pcoder5.pmodule.0.weight"])
+
+
+def test_sequential_pcoder1_layout(vgg):
+    state = _vgg_original(vgg, seed=7)
+    for s in ("weight", "bias"):  # the June-2021 PVGG16 instance: pcoder1.pmodule = Sequential(ConvTranspose2d)
+        state[f"pcoder1.pmodule.0.{s}"] = state.pop(f"pcoder1.pmodule.{s}")
+    report = released.load_feedback(vgg, {"model": state})
+    assert report["ignored"] == []
+    mean, std = (torch.tensor(v) for v in (zoo.IMAGENET_MEAN, zoo.IMAGENET_STD))
+    torch.testing.assert_close(vgg.decoders[0][0].bias, state["pcoder1.pmodule.0.bias"] * std + mean)
+
+
+def test_missing_pcoders_are_not_called_another_preset(tmp_path, vgg):
+    state = _vgg_original(vgg, seed=8)
+    paths = _authors_pc_files(tmp_path, state, c_sqrt=[1.0] * 5)
+    with pytest.raises(ValueError, match=r"4 per-PCoder files were passed, but this network has 5 PCoders"):
+        released.load_feedback(vgg, paths[:4])
+    four = {k: v for k, v in state.items() if not k.startswith("pcoder5.")}
+    with pytest.raises(ValueError, match=r"has PCoders \[1, 2, 3, 4\], but pvgg16 has 5: PCoder\(s\) \[5\] are missing"):
+        released.load_feedback(vgg, four)
+    seq = dict(state, **{"pcoder2.pmodule.1.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"unexpected PCoder entries \['pcoder2.pmodule.1.weight'\].*expected"):
+        released.load_feedback(vgg, seq)
+
+
+def test_garbage_extra_keys_and_other_layers_are_refused(tmp_path):
+    from pcnet.experiments.weights import save_decoders
+
+    net = zoo.presnet18(image_size=32)
+    before = {k: v.clone() for k, v in net.decoders.state_dict().items()}
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"e" * 300)  # was: KeyError: 101
+    with pytest.raises(ValueError, match=r"garbage.pth is not a readable PyTorch checkpoint.*download it again"):
+        released.load_feedback(net, garbage)
+    extra = dict(net.decoders.state_dict(), **{"head.weight": torch.zeros(3)})  # was: "missing []"
+    with pytest.raises(ValueError, match=r"also \['head.weight'\], which no decoder has"):
+        released.load_feedback(net, extra)
+    other = zoo.presnet18(image_size=64)  # the same decoder tensors, trained for other layer shapes
+    path = tmp_path / "presnet18_64.pt"
+    save_decoders(path, other, preset="presnet18", command="test", seed=0)
+    with pytest.raises(ValueError, match=r"holds decoders trained for input_shape=\[3, 64, 64\].*this PredNet has "
+                                         r"input_shape=\[3, 32, 32\]"):
+        released.load_feedback(net, path)
+    for k, v in net.decoders.state_dict().items():
+        assert torch.equal(v, before[k]), k

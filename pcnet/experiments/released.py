@@ -38,6 +38,9 @@ ORIGINAL_LAYOUT: dict[str, dict[str, str]] = {
         "pcoder4.pmodule.1": "3.1", "pcoder5.pmodule.1": "4.1", "pcoder6.pmodule.0": "5.0",
         "pcoder7.pmodule.1": "6.1", "pcoder8.pmodule.0": "7.0"},
 }
+# Other savings of the same modules by the authors: their June-2021 PVGG16 instance (miladmozafari/predify,
+# examples/PVGG/pvgg_instance.py at 2f49a67) wraps PCoder 1's ConvTranspose2d in a Sequential (key ``0.weight``).
+ALIASES: dict[str, dict[str, str]] = {"pvgg16": {"pcoder1.pmodule": "pcoder1.pmodule.0"}}
 _PCODER = re.compile(r"^pcoder(\d+)\.")
 
 
@@ -70,8 +73,30 @@ def read_checkpoint(source) -> dict:
     from pcnet.experiments import weights
 
     if weights.recorded_hashes(path):
-        return weights.load_weights(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+        state = weights.load_weights(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged or foreign file raises anything from KeyError to UnpicklingError
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); it is "
+                             f"damaged or not a weights file: download it again, or pass a file saved with "
+                             f"torch.save (the original package) or by pcnet's feedback training") from err
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"{path} holds a {type(state).__name__} without string keys, not a state dict; pass a file saved from "
+                         f"`module.state_dict()` (the original package's checkpoints or pcnet's decoders)")
+    return state
+
+
+def _recorded_fit(source) -> dict | None:
+    """The preset, layers and shapes a pcnet decoder file records (``weights.save_decoders``), or None."""
+    if isinstance(source, (dict, Remote)) or (isinstance(source, str) and re.match(r"^(https?|file)://", source)):
+        return None
+    from pcnet.experiments import weights
+
+    try:
+        return weights.load_provenance(source).get("extra", {}).get("fit")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
 
 
 def _flatten(state: dict) -> dict:
@@ -85,12 +110,16 @@ def _flatten(state: dict) -> dict:
 
 
 def _per_pcoder(states: list) -> dict:
-    """One pmodule state dict per PCoder (in order) -> the whole-network layout ``pcoderN.pmodule.*``."""
+    """One PCoder state dict per file (in order) -> the whole-network layout ``pcoderN.pmodule.*``.
+
+    A file holds the pmodule's state dict (``weight``, ``0.weight``, ...) or the PCoder's
+    (``pmodule.0.weight``, and ``C_sqrt`` for PCoderN), optionally under ``pcoderweights`` as the authors'
+    trainer saves it; ``C_sqrt`` becomes ``pcoderN.C_sqrt``."""
     out = {}
     for n, state in enumerate(states, start=1):
         state = state.get("pcoderweights", state)
         for key, value in state.items():
-            out[f"pcoder{n}.pmodule.{key.removeprefix('pmodule.')}"] = value
+            out[f"pcoder{n}.C_sqrt" if key == "C_sqrt" else f"pcoder{n}.pmodule.{key.removeprefix('pmodule.')}"] = value
     return out
 
 
@@ -104,32 +133,46 @@ def original_to_pcnet(state: dict, *, preset: str, decoders: dict) -> tuple[dict
         raise ValueError(f"no original-layout mapping for preset {preset!r}; one exists for {sorted(ORIGINAL_LAYOUT)}")
     table = ORIGINAL_LAYOUT[preset]
     found = sorted({int(m.group(1)) for k in state if (m := _PCODER.match(k))})
-    if found and max(found) != len(table):
+    if found and max(found) > len(table):
         other = [p for p, t in ORIGINAL_LAYOUT.items() if len(t) == max(found)]
         raise ValueError(f"this feedback checkpoint has PCoders {found[0]}..{max(found)}, but {preset} has {len(table)}: "
                          f"it is for another preset{f' ({other[0]})' if other else ''}; load it into that preset")
-    mapped, missing = {}, []
+    absent = [n for n in range(1, len(table) + 1) if n not in found]
+    if found and absent:
+        other = [p for p, t in ORIGINAL_LAYOUT.items() if len(t) == max(found) and p != preset]
+        raise ValueError(f"this feedback checkpoint has PCoders {found}, but {preset} has {len(table)}: PCoder(s) "
+                         f"{absent} are missing; pass all {len(table)} per-PCoder files (pcoder1 ... pcoder{len(table)}) "
+                         f"or the whole-network file" + (f" (or, if it is {other[0]}'s, load it into that preset)"
+                                                          if other else ""))
+    mapped, missing, used = {}, [], set()
     for old, new in table.items():
         for suffix in ("weight", "bias"):
-            if f"{old}.{suffix}" not in state:
-                missing.append(f"{old}.{suffix}")
+            key = f"{old}.{suffix}"
+            if key not in state and f"{ALIASES.get(preset, {}).get(old, old)}.{suffix}" in state:
+                key = f"{ALIASES[preset][old]}.{suffix}"  # the authors' other saving of the same module
+            if key not in state:
+                missing.append(key)
                 continue
-            value, target = state[f"{old}.{suffix}"], decoders[f"{new}.{suffix}"]
+            value, target = state[key], decoders[f"{new}.{suffix}"]
             if tuple(value.shape) != tuple(target.shape):
-                raise ValueError(f"{old}.{suffix} has shape {tuple(value.shape)}, but {preset}'s decoder needs "
+                raise ValueError(f"{key} has shape {tuple(value.shape)}, but {preset}'s decoder needs "
                                  f"{tuple(target.shape)}: the checkpoint is for another network; load it into that preset")
             mapped[f"{new}.{suffix}"] = value.detach().to(target.dtype)
+            used.add(key)
     if missing:
-        raise ValueError(f"the feedback checkpoint lacks {missing}: it is incomplete (an interrupted download or a "
-                         f"partial save); download it again, or pass all {len(table)} per-PCoder files")
+        near = sorted(k for k in state if any(k.startswith(m.rsplit(".", 2)[0] + ".") for m in missing))[:6]
+        raise ValueError(f"the feedback checkpoint lacks {missing} (found for those PCoders: {near}): it is "
+                         f"incomplete (an interrupted download or a partial save) or saved from other decoder modules; "
+                         f"download it again, or pass all {len(table)} per-PCoder files")
     c_sqrt = {int(m.group(1)) - 1: float(v) for k, v in state.items()
               if (m := re.match(r"^pcoder(\d+)\.C_sqrt$", k)) and float(v) > 0}
-    used = {f"{old}.{s}" for old in table for s in ("weight", "bias")}
     ignored = sorted(k for k in state if k not in used and not re.match(r"^pcoder\d+\.C_sqrt$", k))
     unknown = [k for k in ignored if _PCODER.match(k)]
     if unknown:
-        raise ValueError(f"unexpected PCoder entries {unknown[:4]} for {preset}: the checkpoint's decoders differ from "
-                         f"the authors' {preset} decoders; load it into the network it was trained for")
+        expected = sorted(f"{old}.{s}" for old in table for s in ("weight", "bias"))
+        raise ValueError(f"unexpected PCoder entries {unknown[:4]} for {preset} (expected {expected[:4]}... and "
+                         f"optionally pcoderN.C_sqrt): the checkpoint's decoders differ from the authors' {preset} "
+                         f"decoders; load it into the network it was trained for")
     return mapped, {"ignored": ignored, "C": {n: c * c for n, c in c_sqrt.items()}}
 
 
@@ -149,12 +192,31 @@ def load_feedback(net, source) -> dict:
 
     Returns {"layout": "pcnet" | "original", "ignored": [keys not used], "C": {PCoder index: C from the file}}.
     """
+    target = net.decoders.state_dict()
     if isinstance(source, (list, tuple)):
+        if len(source) != len(net.decoders):
+            raise ValueError(f"{len(source)} per-PCoder files were passed, but this network has {len(net.decoders)} "
+                             f"PCoders: pass one file per PCoder, in order (pcoder1 ... pcoder{len(net.decoders)})")
         state = _per_pcoder([_flatten(read_checkpoint(s)) for s in source])
     else:
         state = _flatten(read_checkpoint(source))
-    target = net.decoders.state_dict()
-    if set(state) == set(target):  # pcnet's own layout
+        fit = _recorded_fit(source)
+        here = {"layers": list(net.layers), "input_shape": list(net.input_shape), "shapes": [list(s) for s in net.shapes]}
+        wrong = {k: (fit[k], v) for k, v in here.items() if fit is not None and k in fit and fit[k] != v}
+        if wrong:
+            raise ValueError(f"{source} holds decoders trained for " + ", ".join(f"{k}={a}" for k, (a, _) in wrong.items())
+                             + "; this PredNet has " + ", ".join(f"{k}={b}" for k, (_, b) in wrong.items())
+                             + ". Build the network with the recorded layers and image size, or train decoders for it")
+    bad_values = [k for k, v in state.items() if not isinstance(v, torch.Tensor)][:4]
+    if bad_values:
+        raise ValueError(f"the feedback checkpoint's entries {bad_values} are not tensors: it is not a state dict of "
+                         f"decoder weights; pass the decoders' state dict (or the original package's checkpoint)")
+    extra = sorted(set(state) - set(target))
+    if set(target) <= set(state) and not any(_PCODER.match(k) for k in extra):  # pcnet's own layout (+ extras?)
+        if extra:
+            raise ValueError(f"the feedback checkpoint has every decoder weight of this network and also {extra[:4]}, "
+                             f"which no decoder has: it was saved from other decoders or another model; pass the "
+                             f"file saved for this preset (net.decoders.state_dict())")
         bad = [k for k in target if tuple(state[k].shape) != tuple(target[k].shape)]
         if bad:
             raise ValueError(f"feedback weights {bad[:3]} have other shapes than this network's decoders: they were "
@@ -163,8 +225,9 @@ def load_feedback(net, source) -> dict:
         return {"layout": "pcnet", "ignored": [], "C": {}}
     if not any(_PCODER.match(k) for k in state):
         missing = sorted(set(target) - set(state))[:4]
-        raise ValueError(f"the feedback checkpoint matches neither this network's decoders (missing {missing}) nor "
-                         f"the original package's layout (pcoderN.pmodule.*); pass the file saved for this preset")
+        raise ValueError(f"the feedback checkpoint matches neither this network's decoders (it lacks {missing}, has "
+                         f"{extra[:4]} instead) nor the original package's layout (pcoderN.pmodule.*); pass the file "
+                         f"saved for this preset")
     preset = getattr(net, "meta", {}).get("preset")
     mapped, report = original_to_pcnet(state, preset=preset, decoders=target)
     if net.meta.get("normalize", True):
