@@ -13,7 +13,7 @@ import run_chapters
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHAPTER_NAMES = ["01_predictive_coding", "02_backbone", "03_feedback", "04_dynamics",
-                 "05_corruptions", "06_adversarial", "07_paper_scale"]
+                 "05_corruptions", "06_adversarial", "07_paper_scale", "08_findings"]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 
 
