@@ -268,3 +268,69 @@ def test_require_keeps_a_missing_dependency_of_an_installed_module(monkeypatch):
     monkeypatch.setattr("importlib.import_module", lambda name: (_ for _ in ()).throw(err))
     with pytest.raises(ModuleNotFoundError, match="No module named 'inner'"):
         require("seaborn", purpose="a test")
+
+
+# --------------------------------------------------------------------------- statistics on degenerate input
+def test_verdict_with_a_nan_p_or_infinite_estimate_is_refused():
+    from pcnet.experiments.verdicts import Verdict
+    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\], got nan"):
+        Verdict("c", 10, 1.0, 0.5, 1.5, 1.0, "t", float("nan"))  # it read "gain" (NaN > alpha is False)
+    with pytest.raises(ValueError, match=r"p_holm must be a probability"):
+        Verdict("c", 10, 1.0, 0.5, 1.5, 1.0, "t", 0.01, p_holm=1.5)
+    with pytest.raises(ValueError, match="estimate and interval must be finite"):
+        Verdict("c", 10, float("inf"), 0.0, float("nan"), 1.0, "t", 0.01)
+    assert Verdict("c", 10, 1.0, 0.5, 1.5, 1.0, "t", 0.01).effect == "gain"  # a valid one still decides
+
+
+def test_bootstrap_refuses_a_nan_null_and_infinite_scores():
+    from pcnet.experiments import verdicts
+    scores = torch.linspace(0, 1, 20)
+    with pytest.raises(ValueError, match=r"null must be a finite number.*got nan"):
+        verdicts.bootstrap_verdict(lambda s: s.mean(-1), scores, contrast="x", null=float("nan"), n_boot=50)
+    with pytest.raises(ValueError, match=r"sample 0 has 1 NaN or infinite values; drop those images"):
+        verdicts.bootstrap_verdict(lambda s: s.mean(-1), torch.cat([scores[:-1], torch.tensor([float("inf")])]),
+                                   contrast="x", n_boot=50)  # printed "+inf [+0.000, +nan] ... below nan"
+    numpy_result = verdicts.bootstrap_verdict(lambda s: s.mean(-1), scores.numpy(), contrast="x", n_boot=50)
+    assert numpy_result.estimate == pytest.approx(0.5)  # a numpy array where a tensor is expected works
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda S: S.mcnemar_exact(float("nan"), 3), ValueError, r"n10 must be an integer >= 0 \(a count\), got nan"),
+    (lambda S: S.mcnemar_exact("3", 3), ValueError, r"n10 must be an integer >= 0 \(a count\), got '3'"),
+    (lambda S: S.paired_counts(["yes", "no"], [1, 0]), TypeError, r"a must be numbers .* got list of str"),
+    (lambda S: S.proportion_interval("1101"), TypeError, r"correct must be numbers .* got a string '1101'"),
+    (lambda S: S.holm("0.01"), TypeError, r"holm: p_values must be numbers"),
+    (lambda S: S.proportion_interval([1, 0], confidence="0.95"), ValueError, "confidence must lie strictly between"),
+])
+def test_statistics_on_wrong_types_name_the_problem(call, error, message):
+    from pcnet.experiments import stats
+    with pytest.raises(error, match=message):
+        call(stats)
+
+
+def test_statistics_accept_integral_floats_and_numpy():
+    import numpy as np
+    from pcnet.experiments import stats
+    assert stats.mcnemar_exact(3.0, 4) == stats.mcnemar_exact(3, 4) == stats.mcnemar_exact(np.int64(3), 4)
+    assert stats.paired_counts(np.array([True, False, True]), np.array([1, 1, 0])) == (1, 1, 1, 0)
+
+
+def test_worst_case_and_pgd_on_degenerate_input():
+    from pcnet.experiments import attacks
+    with pytest.raises(ValueError, match="worst_case needs .* for at least one attack, got {}"):
+        attacks.worst_case({})
+    with pytest.raises(ValueError, match=r"bool tensor \(N,\) .* on the same samples"):
+        attacks.worst_case({"a": torch.tensor([True, False]), "b": torch.tensor([True])})
+    import numpy as np
+    robust, strongest = attacks.worst_case({"a": np.array([True, False]), "b": torch.tensor([False, True])})
+    assert robust.tolist() == [False, False] and strongest == ["a", "b"]
+    torch.manual_seed(0)
+    model, x, y = small_cnn(), torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])
+    adv, curve = attacks.pgd(model, x, y, eps=0.1, steps=0)  # was ZeroDivisionError: now no attack, clean accuracy
+    with torch.no_grad():
+        clean = (model(x).argmax(-1) == y).float().mean()
+    assert torch.equal(adv, x) and curve.tolist() == [pytest.approx(float(clean))]
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        attacks.pgd(model, x, y, eps=0.1, steps=-1)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        attacks.pgd(model, x, y, eps=float("nan"))

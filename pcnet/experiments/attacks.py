@@ -90,7 +90,11 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Lin
     """
     if norm not in ("Linf", "L2"):
         raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-    step_size = step_size if step_size is not None else 2.5 * eps / steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0 (0: no attack, the clean accuracy), got {steps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0 (in pixel units of [0, 1]), got {eps!r}")
+    step_size = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
     delta = torch.zeros_like(x)
     if random_start:
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -180,7 +184,17 @@ def worst_case(correct: dict) -> tuple[torch.Tensor, list]:
 
     ``correct``: {attack name: bool (N,)}; returns (robust bool (N,), names of the attacks that achieved the
     lowest accuracy on their own)."""
+    if not isinstance(correct, dict) or not correct:
+        raise ValueError(f"worst_case needs {{attack name: per-sample correctness (N,)}} for at least one attack, got "
+                         f"{correct!r}")
     names = list(correct)
+    outcomes = {n: torch.as_tensor(correct[n]) for n in names}  # numpy arrays and lists too
+    shapes = {n: tuple(v.shape) for n, v in outcomes.items()}
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1 or \
+            any(v.dtype != torch.bool for v in outcomes.values()):
+        raise ValueError(f"worst_case: every attack needs a bool tensor (N,) of per-sample correctness on the same "
+                         f"samples; got shapes {shapes} and dtypes {sorted({str(v.dtype) for v in outcomes.values()})}")
+    correct = outcomes
     robust = torch.stack([correct[n] for n in names]).all(0)  # (N,)
     accs = {n: float(correct[n].float().mean()) for n in names}
     low = min(accs.values())

@@ -14,6 +14,7 @@ Nothing runs at import.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Callable, NamedTuple, Sequence
@@ -35,18 +36,42 @@ class Interval(NamedTuple):
 
 # --------------------------------------------------------------------------- input checks
 def _check_level(value: float, name: str) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must lie strictly between 0 and 1 (e.g. 0.95), got {value}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:  # NaN fails too
+        raise ValueError(f"{name} must lie strictly between 0 and 1 (e.g. 0.95), got {value!r}")
 
 
 def _check_n(n: int, name: str = "n", minimum: int = 1) -> None:
-    if isinstance(n, bool) or int(n) != n or n < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {n}")
+    if isinstance(n, torch.Tensor) and n.numel() == 1 and not n.is_floating_point():
+        n = n.item()
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) and not (
+            isinstance(n, numbers.Real) and math.isfinite(n) and int(n) == n) or n < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum} (a count), got {n!r}")
+
+
+def _tensor(x, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` (a tensor, numpy array, list or number) as a tensor; a clear TypeError for strings and objects."""
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be numbers (a tensor, numpy array or list), got a string {x!r}")
+    try:
+        return torch.as_tensor(x, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be numbers (a tensor, numpy array or list of numbers or bools), got "
+                        f"{type(x).__name__}" + (f" of {type(x[0]).__name__}" if isinstance(x, (list, tuple)) and x
+                                                 else "")) from None
+
+
+def _finite(x, name: str) -> torch.Tensor:
+    """:func:`_tensor` whose values are all finite (NaN or inf in a score would make every summary NaN or inf)."""
+    t = _tensor(x, name)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise ValueError(f"{name} has {int((~torch.isfinite(t)).sum())} NaN or infinite values; drop those images "
+                         f"(from every condition alike) or replace the values")
+    return t
 
 
 def _binary(x, name: str) -> torch.Tensor:
     """``x`` as a non-empty 1-d bool tensor of per-image outcomes."""
-    t = torch.as_tensor(x)
+    t = _tensor(x, name)
     if t.numel() == 0:
         raise ValueError(f"{name} is empty: pass one outcome (bool or 0/1) per image")
     if t.dim() != 1:
@@ -228,7 +253,9 @@ def bootstrap(statistic: Callable[..., torch.Tensor], *samples, n_boot: int = 20
     null value, from the BCa interval inverted (resolution about 1 / n_boot).
     """
     _check_n(n_boot, "n_boot", 2), _check_n(groups, "groups", 2), _check_level(confidence, "confidence")
-    samples = [torch.as_tensor(s) for s in samples]
+    samples = [_finite(s, f"sample {i}") for i, s in enumerate(samples)]
+    if null is not None and (isinstance(null, bool) or not isinstance(null, numbers.Real) or not math.isfinite(null)):
+        raise ValueError(f"null must be a finite number (the no-effect value of the statistic), got {null!r}")
     if not samples or any(s.dim() == 0 for s in samples):
         raise ValueError("bootstrap needs at least one sample whose last dimension indexes images")
     n = samples[0].shape[-1]
@@ -256,7 +283,7 @@ def paired_bootstrap(a, b, *, n_boot: int = 2000, confidence: float = 0.95, seed
 
     Leading dimensions are kept (one interval per row, all rows resampled with the same images).
     """
-    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    a, b = _finite(a, "a").double(), _finite(b, "b").double()
     _same_images(a, b)
     if a.numel() == 0:
         raise ValueError("a and b are empty: pass one score per image")
@@ -269,7 +296,7 @@ def holm(p_values: Sequence[float], *, alpha: float = 0.05) -> tuple[torch.Tenso
 
     With p sorted ascending, adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)); reject where it is <= alpha.
     """
-    p = torch.as_tensor(p_values, dtype=torch.float64).flatten()
+    p = _tensor(p_values, "holm: p_values", torch.float64).flatten()
     if p.numel() == 0:
         raise ValueError("holm: the family of p-values is empty")
     if p.isnan().any() or (p < 0).any() or (p > 1).any():

@@ -5,6 +5,8 @@ Built on :mod:`pcnet.experiments.stats`; accuracies are reported in points. Noth
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -36,6 +38,20 @@ class Verdict:
     unit: str = "points"
     digits: int = 2
     withheld: str = ""  # why no comparison may be stated (e.g. an attack that has not converged); then no test decides
+
+    def __post_init__(self):
+        """A p-value that is NaN or outside [0, 1] would read as an effect ("gain"), an infinite estimate prints
+        as "+inf [+0.000, +nan]": both are refused here, where every verdict is made."""
+        for name in ("p", "p_holm"):
+            value = getattr(self, name)
+            if value is None and name == "p_holm":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+                raise ValueError(f"verdict {self.contrast!r}: {name} must be a probability in [0, 1], got {value!r}; "
+                                 f"a NaN p comes from a test on degenerate input (NaN or infinite scores, no images)")
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in (self.estimate, self.low, self.high)):
+            raise ValueError(f"verdict {self.contrast!r}: estimate and interval must be finite, got "
+                             f"{self.estimate!r} [{self.low!r}, {self.high!r}]; check the scores for NaN or inf")
 
     @property
     def effect(self) -> str:
