@@ -92,7 +92,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Lin
         raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0 (0: no attack, the clean accuracy), got {steps!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+    if isinstance(eps, (bool, str)) or not 0 <= float(eps) < float("inf"):  # numpy and 0-dim tensors too
         raise ValueError(f"eps must be a finite number >= 0 (in pixel units of [0, 1]), got {eps!r}")
     step_size = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
     delta = torch.zeros_like(x)
