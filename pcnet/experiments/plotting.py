@@ -145,7 +145,8 @@ def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
     for effect, c in EFFECT_COLORS.items():  # legend entries for the verdict colours present
         if any(v.effect == effect for v in verdicts):
             ax.plot([], [], "o", color=c, label={"none": "no detectable effect", "withheld": "no comparison"}.get(effect, effect))
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.65 / (0.32 * len(verdicts) + 0.25)),
+              ncol=5, frameon=False)  # below the x label (about 0.65 in; the axis is about 0.32 in a row): over no row
     return ax.figure
 
 
