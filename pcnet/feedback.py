@@ -22,10 +22,13 @@ def feedback_loss(net, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return losses.sum(), losses.detach()
 
 
-def feedback_step(net, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+def feedback_step(net, x: torch.Tensor, optimizer: torch.optim.Optimizer, *, scaler=None) -> torch.Tensor:
     """One optimiser step on :func:`feedback_loss`; returns the per-layer losses (N,).
 
     A non-finite loss, gradient or updated weight raises FloatingPointError and leaves the decoders as they were.
+    ``scaler``: an enabled ``torch.amp.GradScaler`` (float16 autocast): the loss is scaled before the backward
+    pass, and a step whose scaled gradients overflow is skipped and the scale lowered, as the scaler does (not
+    an error).
     """
     net.train()  # decoders train; the backbone stays in eval mode (PredNet.train)
     optimizer.zero_grad(set_to_none=True)
@@ -33,6 +36,15 @@ def feedback_step(net, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> tor
     if not torch.isfinite(total):
         raise FloatingPointError(f"the feedback loss is not finite (per layer: {per_layer.tolist()}); this step was "
                                  f"not taken. Lower the learning rate or check the decoder weights")
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(total).backward()
+        scaler.step(optimizer)  # unscales; skips the step if a gradient overflowed
+        scaler.update()
+        bad = [n for n, d in enumerate(net.decoders) if any(not torch.isfinite(p).all() for p in d.parameters())]
+        if bad:
+            raise FloatingPointError(f"non-finite weights in decoder(s) {bad} (loss {per_layer.tolist()}); "
+                                     f"lower the learning rate")
+        return per_layer
     total.backward()
     params = [p for p in net.decoders.parameters() if p.grad is not None]
     before = [p.detach().clone() for p in params]

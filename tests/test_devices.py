@@ -92,8 +92,8 @@ def test_bf16_autocast_matches_fp32():
 def test_precision_is_checked():
     with pytest.raises(ValueError, match="precision must be one of"):
         devices.autocast("cpu", "int8")
-    with pytest.raises(ValueError, match="use bf16|precision must be None, 'fp32' or 'bf16'"):
-        train.train_feedback(_net(), _data(), epochs=1, batch_size=8, lr=1e-3, seed=0, precision="fp16",
+    with pytest.raises(ValueError, match="precision must be None, 'fp32', 'bf16' or 'fp16' for training"):
+        train.train_feedback(_net(), _data(), epochs=1, batch_size=8, lr=1e-3, seed=0, precision="int8",
                              progress=False)
 
 

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-__all__ = ["default", "resolve", "of", "autocast", "PRECISIONS"]
+__all__ = ["default", "resolve", "of", "autocast", "amp_precision", "Autocast", "PRECISIONS"]
 
 PRECISIONS = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,3 +65,30 @@ def autocast(device: str | torch.device, precision: str | None = None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def amp_precision(device, precision="auto") -> str | None:
+    """The mixed precision to run on ``device``: ``precision`` itself unless it is "auto", which gives None (float32)
+    on a CPU, "bf16" on a GPU that supports bfloat16 (``torch.cuda.is_bf16_supported()``: Ampere and newer) and
+    "fp16" on the others (a T4, a V100), whose float16 training then uses a gradient scaler."""
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise ValueError(f"PRECISION must be \"auto\", \"fp32\", \"bf16\" or \"fp16\", got {precision!r}")
+        return None if precision == "fp32" else precision
+    if torch.device(device).type != "cuda":
+        return None
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+class Autocast(torch.nn.Module):
+    """``model`` run under :func:`autocast` at ``precision``, its output cast back to float32 (for attacks: the
+    gradient reaches the float32 input through the half-precision forward)."""
+
+    def __init__(self, model: torch.nn.Module, *, precision: str | None):
+        super().__init__()
+        self.model, self.precision = model, precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(x.device, self.precision):
+            out = self.model(x)
+        return out.float() if self.precision not in (None, "fp32") else out

@@ -211,13 +211,16 @@ def paper_net(preset: str, *, weights, image_size: int, device, seed: int):
 def run_paper(preset: str, *, data, weights, feedback, device, cfg: dict, progress: bool = True) -> dict:
     """The paper-scale run of one preset. ``cfg`` holds the chapter's options: image_size, seed, train (dict of
     epochs, batch_size, lr, workers, max_steps), n_eval, sigmas, timesteps, batch_size, corruptions, severities,
-    n_corrupt, n_attack, eps, attack_steps, attack_batch, n_boot, cache_dir. Returns the per-image results."""
+    n_corrupt, n_attack, eps, attack_steps, attack_batch, n_boot, cache_dir, and optionally precision (None,
+    "bf16", "fp16": evaluation and attacks under autocast; :func:`devices.amp_precision` picks it). Returns the
+    per-image results."""
     from . import scale_eval as ev
     from .imagenet_c import generate_imagenet_c
     from .train_scale import image_folder
     from .zoo import preprocessing
 
     folders = data if isinstance(data, dict) else resolve_data(data)
+    precision = cfg.get("precision")
     net = paper_net(preset, weights=weights, image_size=cfg["image_size"], device=device, seed=cfg["seed"])
     fb = paper_feedback(net, feedback=feedback, train_folder=folders["train"], seed=cfg["seed"], progress=progress,
                         **cfg["train"])
@@ -228,20 +231,23 @@ def run_paper(preset: str, *, data, weights, feedback, device, cfg: dict, progre
     out = {"preset": preset, "meta": net.meta, "feedback": fb, "device": str(device), "n_eval": len(evaluation),
            "noise": ev.noise_study(net, evaluation, sigmas=cfg["sigmas"], timesteps=cfg["timesteps"],
                                    batch_size=cfg["batch_size"], seed=cfg["seed"], progress=progress,
-                                   tta_methods=tuple(ev.TTA))}
+                                   tta_methods=tuple(ev.TTA), precision=precision)}
     chosen = sorted(evaluation.indices[:cfg["n_corrupt"]])
     sets = generate_imagenet_c(folders["val"], names=cfg["corruptions"], severities=cfg["severities"],
                                size=cfg["image_size"], seed=cfg["seed"], indices=chosen, cache_dir=cfg.get("cache_dir"),
                                progress=progress)
     sets = {k: Relabel(v, index) for k, v in sets.items()}
     out["corruptions"] = {name: ev.corruption_correct(net, sets, timesteps=cfg["timesteps"], feedback=fb_mode,
-                                                      batch_size=cfg["batch_size"], progress=progress)
+                                                      batch_size=cfg["batch_size"], progress=progress,
+                                                      precision=precision)
                           for name, fb_mode in ev.FEEDBACKS.items()}
     single = ("rescale", *ev.TTA) if ev._has_batchnorm(net.backbone) else ("rescale",)  # VGG16: no BatchNorm
     out["corruptions"].update({name: ev.tta_corruption_correct(net, sets, method=name, batch_size=cfg["batch_size"],
-                                                               seed=cfg["seed"], progress=progress) for name in single})
+                                                               seed=cfg["seed"], progress=progress, precision=precision)
+                                for name in single})
     xs, ys = zip(*(evaluation[i] for i in range(min(cfg["n_attack"], len(evaluation)))))
     out["attacks"] = ev.attack_study(net, torch.stack(xs), torch.tensor(ys), eps=cfg["eps"], timesteps=cfg["timesteps"],
-                                     steps=cfg["attack_steps"], batch_size=cfg["attack_batch"], seed=cfg["seed"])
+                                     steps=cfg["attack_steps"], batch_size=cfg["attack_batch"], seed=cfg["seed"],
+                                     precision=precision)
     out["net"] = net
     return out

@@ -40,17 +40,31 @@ def _rescale(net) -> torch.Tensor:
     return h["beta"] / (h["beta"] + h["lam"])  # (N,)
 
 
+class _Fn(torch.nn.Module):
+    """A function as a module (for :class:`devices.Autocast`)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 def _corrupt(sigma: float):
     return None if sigma == 0 else functools.partial(gaussian_noise, sigma=sigma)
 
 
 def noise_study(net, data: Dataset, *, sigmas, timesteps: int, batch_size: int, seed: int = 0, tta_methods=(),
-                progress: bool = True) -> dict:
+                progress: bool = True, precision: str | None = None) -> dict:
     """Per-image correctness {sigma: {method: bool (T+1 or 1, n)}} on ``data`` (images in [0, 1], labels in the
     network's classes) under N(0, sigma^2) pixel noise. Every method sees the same noisy images (one noise stream,
     seeded by ``seed``, in the same batches), so all comparisons are paired. ``tta_methods``: names of ``TTA``;
-    skipped (with a note in ``result["skipped"]``) when the backbone has no BatchNorm (VGG16)."""
+    skipped (with a note in ``result["skipped"]``) when the backbone has no BatchNorm (VGG16). ``precision``
+    ("bf16", "fp16"): every method runs under autocast (:func:`devices.autocast`)."""
     import pcnet
+
+    from .devices import Autocast
 
     unknown = [m for m in tta_methods if m not in TTA]
     if unknown:
@@ -64,12 +78,13 @@ def noise_study(net, data: Dataset, *, sigmas, timesteps: int, batch_size: int, 
         corrupt, row = _corrupt(sigma), {}
         for name, feedback in FEEDBACKS.items():
             row[name] = evaluate_dynamics(net, loader, timesteps=timesteps, corrupt=corrupt, feedback=feedback,
-                                          seed=seed, progress=progress).correct  # (T+1, n)
-        row["rescale"] = correct_of(lambda x: pcnet.rescaled_forward(net, x, scale=scale), loader, corrupt=corrupt,
+                                          seed=seed, progress=progress, precision=precision).correct  # (T+1, n)
+        rescaled = Autocast(_Fn(lambda x: pcnet.rescaled_forward(net, x, scale=scale)), precision=precision)
+        row["rescale"] = correct_of(rescaled, loader, corrupt=corrupt,
                                     seed=seed, device=next(net.parameters()).device, progress=progress)[None]  # (1, n)
         for name in tta_methods:
             if name not in skipped:  # a fresh copy of the source model for every noise level
-                row[name] = correct_of(TTA[name](net.backbone), loader, corrupt=corrupt, seed=seed, progress=progress,
+                row[name] = correct_of(Autocast(TTA[name](net.backbone), precision=precision), loader, corrupt=corrupt, seed=seed, progress=progress,
                                        device=next(net.parameters()).device)[None]  # (1, n)
         out["correct"][sigma] = row
     return out
@@ -100,18 +115,19 @@ def noise_family(study: dict) -> list[Verdict]:
 
 
 def corruption_correct(net, sets: dict, *, timesteps: int, batch_size: int, feedback: str = "prediction",
-                       progress: bool = True) -> torch.Tensor:
+                       progress: bool = True, precision: str | None = None) -> torch.Tensor:
     """Per-image correctness (C, S, T+1, n) on {(corruption, severity): dataset} (all sets on the same images)."""
     names = list(dict.fromkeys(c for c, _ in sets))
     severities = list(dict.fromkeys(s for _, s in sets))
     rows = [torch.stack([evaluate_dynamics(net, DataLoader(sets[c, s], batch_size=batch_size), timesteps=timesteps,
-                                           feedback=feedback, progress=progress).correct for s in severities])
+                                           feedback=feedback, progress=progress, precision=precision).correct
+                          for s in severities])
             for c in names]  # each (S, T+1, n)
     return torch.stack(rows)  # (C, S, T+1, n)
 
 
 def tta_corruption_correct(net, sets: dict, *, method: str, batch_size: int, seed: int = 0,
-                           progress: bool = True) -> torch.Tensor:
+                           progress: bool = True, precision: str | None = None) -> torch.Tensor:
     """Per-image correctness (C, S, 2, n) of a single-pass method — a test-time baseline (a name of ``TTA``) or
     ``"rescale"`` — on the sets of :func:`corruption_correct`, stacked after the backbone's (index 0 = the backbone
     at t = 0, 1 = the method), so :func:`corruption_family` normalises it by the backbone. Each corruption x
@@ -120,10 +136,12 @@ def tta_corruption_correct(net, sets: dict, *, method: str, batch_size: int, see
     import pcnet
     from torch.utils.data import Subset
 
+    from .devices import Autocast
+
     if method not in (*TTA, "rescale"):
         raise ValueError(f"method must be one of {[*TTA, 'rescale']}, got {method!r}")
     scale = _rescale(net)
-    make = (lambda: (lambda x: pcnet.rescaled_forward(net, x, scale=scale))) if method == "rescale" else \
+    make = (lambda: _Fn(lambda x: pcnet.rescaled_forward(net, x, scale=scale))) if method == "rescale" else \
         (lambda: TTA[method](net.backbone))
 
     names = list(dict.fromkeys(c for c, _ in sets))
@@ -134,8 +152,8 @@ def tta_corruption_correct(net, sets: dict, *, method: str, batch_size: int, see
         for s in severities:
             order = torch.randperm(len(sets[c, s]), generator=torch.Generator().manual_seed(seed))  # (n,)
             loader = DataLoader(Subset(sets[c, s], order.tolist()), batch_size=batch_size)
-            shuffled = torch.stack([correct_of(net.backbone, loader, device=device, progress=progress),
-                                    correct_of(make(), loader, device=device, progress=progress)])
+            shuffled = torch.stack([correct_of(Autocast(m, precision=precision), loader, device=device,
+                                               progress=progress) for m in (net.backbone, make())])
             correct = torch.empty_like(shuffled)  # (2, n)
             correct[:, order] = shuffled  # back to the sets' order
             rows.append(correct)
@@ -176,12 +194,14 @@ def corruption_family(correct: dict, *, n_boot: int = 2000) -> list[Verdict]:
 
 
 def attack_study(net, images: torch.Tensor, labels: torch.Tensor, *, eps, timesteps: int, steps: int,
-                 batch_size: int, attacks=("apgd-ce", "apgd-dlr"), seed: int = 0) -> dict:
+                 batch_size: int, attacks=("apgd-ce", "apgd-dlr"), seed: int = 0, precision: str | None = None) -> dict:
     """Robust correctness {eps: {"t=0": (n,), "t=T": (n,), "per_attack": {attack: {"t=0", "t=T"}}}} at each
     L-inf budget of ``eps`` (in [0, 1] pixel units): "t=0" / "t=T" are the worst case over ``attacks`` (an image
     counts as robust only if every attack fails on it). White-box: the gradient runs through the whole unrolled
-    dynamics."""
+    dynamics; with ``precision`` ("bf16", "fp16") the forward and its backward run under autocast (the logits are
+    cast back to float32)."""
     from .attacks import TimestepLogits, attack_correct, check_perturbation, make_attack
+    from .devices import Autocast
 
     out = {"eps": list(eps), "n": len(labels), "attacks": list(attacks), "steps": steps, "correct": {}}
     for e in eps:
@@ -189,7 +209,7 @@ def attack_study(net, images: torch.Tensor, labels: torch.Tensor, *, eps, timest
         for attack in attacks:
             per_attack[attack] = {}
             for t in (0, timesteps):
-                model = TimestepLogits(net, timestep=t, gradient="full")
+                model = Autocast(TimestepLogits(net, timestep=t, gradient="full"), precision=precision)
                 correct, adv = attack_correct(model, make_attack(attack, model, eps=e, steps=steps, seed=seed),
                                               images, labels, batch_size=batch_size)
                 check_perturbation(images, adv, eps=e, norm="Linf")

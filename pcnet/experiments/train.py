@@ -183,7 +183,7 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
     (per batch and layer), `epoch_loss`, `val_loss` (per epoch and layer), `seconds`.
 
     Batches go to the network's device and dtype (`net.to("cuda")` trains on the GPU); `precision="bf16"`
-    runs the steps under bf16 autocast (fp16 would need loss scaling: use bf16).
+    runs the steps under bf16 autocast, `"fp16"` under float16 autocast with a gradient scaler (GPUs without bf16).
     A non-finite loss, gradient or weight stops training with a FloatingPointError naming the batch, and the
     decoders are put back as they were when this call started (or resumed); so does a finite divergence, an
     epoch whose mean summed loss exceeds `DIVERGED` times the first batch's. A `checkpoint` is resumed only
@@ -196,8 +196,8 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     import pcnet
 
-    if precision not in (None, "fp32", "bf16"):
-        raise ValueError(f"precision must be None, 'fp32' or 'bf16' for training, got {precision!r}")
+    if precision not in (None, "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be None, 'fp32', 'bf16' or 'fp16' for training, got {precision!r}")
     if patience is not None and val_set is None:
         raise ValueError("patience (early stopping) watches the validation loss: pass val_set too")
     stopper = EarlyStopping(patience=patience) if patience is not None else None
@@ -205,6 +205,7 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
     x = images_of(train_set, what="train_set")  # (N, C, H, W): labels, if any, are not used
     device, dtype = devices.of(net)
     optimizer = torch.optim.Adam(net.decoders.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling (no-op else)
     config = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, n=len(x), data=data_fingerprint(x),
                   **(run_options or {}), **({"patience": patience} if stopper else {}))
     modules = {"decoders": net.decoders, "optimizer": optimizer, **({"stopper": stopper} if stopper else {})}
@@ -220,7 +221,8 @@ def train_feedback(net, train_set, *, epochs: int, batch_size: int, lr: float, s
             _set_lr(optimizer, lr_at(epoch * len(batches) + i, total, lr))  # eq-lr-schedule
             try:
                 with devices.autocast(device, precision):
-                    losses.append(pcnet.feedback_step(net, x[index].to(device, dtype), optimizer).float().cpu())  # (N,)
+                    losses.append(pcnet.feedback_step(net, x[index].to(device, dtype), optimizer,
+                                                      scaler=scaler).float().cpu())  # (N,)
             except (FloatingPointError, ValueError) as err:
                 net.decoders.load_state_dict(initial)
                 raise FloatingPointError(f"feedback training stopped at epoch {epoch + 1}, batch {i + 1} of "
