@@ -14,7 +14,11 @@ def rescaled_forward(net, x: torch.Tensor, *, scale) -> torch.Tensor:
     zero-prediction control settles at, reached in one pass. Returns logits (B, K).
     """
     net.check_input(x)
-    factors = per_layer(scale, n=len(net.layers), name="scale").tolist()
+    factors = per_layer(scale, n=len(net.layers), name="scale")  # (N,) float64
+    if not torch.isfinite(factors).all():
+        raise ValueError(f"scale must be finite, got {factors.tolist()}; e.g. scale = beta / (beta + lam) "
+                         f"(pcnet.dynamics.fixed_point_scale)")
+    factors = factors.tolist()
 
     def rescale(n, out):
         return out * factors[n]  # (B, C, H, W)

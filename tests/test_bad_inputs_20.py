@@ -334,3 +334,65 @@ def test_worst_case_and_pgd_on_degenerate_input():
         attacks.pgd(model, x, y, eps=0.1, steps=-1)
     with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
         attacks.pgd(model, x, y, eps=float("nan"))
+
+
+# --------------------------------------------------------------------------- inputs checked where they enter
+def _gray(n=3):
+    return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(0))  # (n, 1, 16, 16) in [0, 1]
+
+
+@pytest.mark.parametrize("images, error, message", [
+    (_gray().index_put((torch.tensor([0]), torch.tensor([0]), torch.tensor([3]), torch.tensor([4])),
+                       torch.tensor(float("nan"))), ValueError, r"1 NaN or infinite pixels; replace them"),
+    ((_gray() > 0.5).to(torch.uint8), TypeError, r"dtype torch.uint8; convert with images.float\(\) / 255"),
+    (_gray().numpy(), TypeError, r"torch.from_numpy"),
+    (_gray() * 2, ValueError, r"must lie in \[0, 1\]"),
+])
+def test_corrupt_and_the_cache_check_images_where_they_enter(tmp_path, images, error, message):
+    """A NaN pixel passed the min/max check (NaN images out, black in the cache); uint8 {0, 1} images came out zero."""
+    from pcnet.experiments import corruptions
+    with pytest.raises(error, match=message):
+        corruptions.corrupt(images, name="contrast", severity=1)
+    with pytest.raises(error, match=message):
+        corruptions.corrupted_set(images, torch.zeros(3, dtype=torch.long), names=["contrast"], cache_dir=tmp_path,
+                                  progress=False)
+    assert not any(tmp_path.iterdir())  # nothing cached
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"names": "contrast"}, r"got the string 'contrast' \(it would be read letter by letter\); pass names=\['contrast'\]"),
+    ({"names": ()}, "at least one entry"),
+    ({"names": ["contrast"], "severities": (3.0,)}, r"severity must be an integer in 1..5, got 3.0; pass int"),
+])
+def test_corruption_names_and_severities_are_checked(tmp_path, kwargs, message):
+    from pcnet.experiments import corruptions
+    with pytest.raises(ValueError, match=message):
+        corruptions.corrupted_set(_gray(), torch.zeros(3, dtype=torch.long), cache_dir=tmp_path, progress=False,
+                                  **kwargs)
+    with pytest.raises(ValueError, match=message):
+        corruptions.load_cifar10_c(tmp_path, **kwargs)
+
+
+def test_corrupt_severity_must_be_an_integer():
+    import numpy as np
+    from pcnet.experiments import corruptions
+    with pytest.raises(ValueError, match=r"got 3.0; pass int\(severity\)"):
+        corruptions.corrupt(_gray(), name="contrast", severity=3.0)  # was a TypeError deep inside
+    assert torch.equal(corruptions.corrupt(_gray(), name="contrast", severity=np.int64(3)),
+                       corruptions.corrupt(_gray(), name="contrast", severity=3))
+
+
+def test_stratified_subset_needs_a_positive_count():
+    from pcnet.experiments import corruptions
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    for bad in (-1, 0, 1.5, True):  # -1 kept all but one image per class
+        with pytest.raises(ValueError, match=r"per_class must be an integer >= 1"):
+            corruptions.stratified_subset(labels, per_class=bad)
+    picked = corruptions.stratified_subset(labels[:, None], per_class=1)  # a column of labels is squeezed
+    assert labels[picked].tolist() == [0, 1, 2]
+
+
+def test_rescaled_forward_refuses_a_nan_scale():
+    net = small_prednet()
+    with pytest.raises(ValueError, match=r"scale must be finite, got \[nan, nan\]"):
+        pcnet.rescaled_forward(net, torch.rand(2, 1, 16, 16), scale=float("nan"))  # returned NaN logits

@@ -33,7 +33,7 @@ from scipy.ndimage import map_coordinates, zoom as scizoom
 from skimage.filters import gaussian
 
 from .corruption_names import ALL, COMMON, EXTRA, FAMILIES, SEVERITIES  # noqa: F401 (public names, kept here)
-from .corruption_names import check as _check
+from .corruption_names import check as _check, check_names
 from .files import locked, save_torch_atomic, sha256_file, write_text_atomic
 # the published CIFAR-10-C / ImageNet-C sets live in published.py; their names stay available from here
 from .published import (ARCHIVE_MD5, CIFAR10_C_URL, IMAGENET_C_URLS, download_cifar10_c,  # noqa: F401
@@ -240,11 +240,7 @@ def corrupt(images: torch.Tensor, *, name: str, severity: int, seed: int = 0,
     table = {"cifar10": CIFAR10C_CONSTANTS, "imagenet": IMAGENET_C_CONSTANTS}.get(constants)
     if table is None or name not in table:
         raise ValueError(f"constants={constants!r} has no entry for {name!r}; use constants='cifar10'")
-    if images.ndim != 4 or images.shape[1] != 1 or max(images.shape[-2:]) > SIZE:
-        raise ValueError(f"expected grayscale images (N, 1, H<=32, W<=32), got {tuple(images.shape)}; for "
-                         "CIFAR-10 / ImageNet use the published sets: load_cifar10_c / load_imagenet_c")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError("images must lie in [0, 1] (un-normalised pixels)")
+    check_images(images, what="corrupt")
     c = table[name][severity - 1]
     h, w = images.shape[-2:]
     top, left = (SIZE - h) // 2, (SIZE - w) // 2
@@ -259,6 +255,28 @@ def corrupt(images: torch.Tensor, *, name: str, severity: int, seed: int = 0,
         out[i] = y[top:top + h, left:left + w]
     out = np.round(out * 255) / 255  # 8-bit, like the published sets
     return torch.from_numpy(out).to(images.device, images.dtype)[:, None]  # (N, 1, H, W) where the input was
+
+
+def check_images(images, *, what: str) -> None:
+    """The rule for images entering the corruption helpers: a float tensor (N, 1, H<=32, W<=32) of finite pixels in
+    [0, 1], checked in float32 or wider (a NaN passed the old min/max test and came out NaN, or black in the cache;
+    uint8 {0, 1} images came out all zero)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{what}: images must be a torch.Tensor (N, 1, H, W), got {type(images).__name__}"
+                        + ("; convert with torch.from_numpy(images)" if isinstance(images, np.ndarray) else ""))
+    if not images.is_floating_point():
+        raise TypeError(f"{what}: images must be float pixels in [0, 1], got dtype {images.dtype}; convert with "
+                        f"images.float() / 255 (0..255 pixels)")
+    if images.ndim != 4 or images.shape[1] != 1 or max(images.shape[-2:]) > SIZE:
+        raise ValueError(f"expected grayscale images (N, 1, H<=32, W<=32), got {tuple(images.shape)}; for "
+                         "CIFAR-10 / ImageNet use the published sets: load_cifar10_c / load_imagenet_c")
+    finite = torch.isfinite(images)
+    if not finite.all():
+        raise ValueError(f"{what}: images have {int((~finite).sum())} NaN or infinite pixels; replace them (e.g. "
+                         f"torch.nan_to_num(images)) or drop those images")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"{what}: images must lie in [0, 1] (un-normalised pixels), got min "
+                         f"{float(images.min()):.3g}, max {float(images.max()):.3g}")
 
 
 def _cache_manifest(path: Path) -> dict:
@@ -299,11 +317,11 @@ def corrupted_set(images: torch.Tensor, labels: torch.Tensor, *, names=ALL, seve
     constants, with a ``MANIFEST.json`` of sha256 sums checked on load (a mismatching file is regenerated).
     """
     from tqdm.auto import tqdm
-    for n in names:
-        _check(n, 1)
-    severities = tuple(severities)
-    for s in severities:
-        _check(names[0], s)
+
+    from .metrics import class_labels
+    names, severities = check_names(names, severities=severities)
+    check_images(images, what="corrupted_set")
+    labels = class_labels(labels, n=images.shape[0])  # (N,)
     key = hashlib.sha256()
     key.update((images.detach().cpu().float().numpy() * 255).round().astype(np.uint8).tobytes())
     key.update(labels.cpu().numpy().astype(np.int64).tobytes())
@@ -334,6 +352,10 @@ def corrupted_set(images: torch.Tensor, labels: torch.Tensor, *, names=ALL, seve
 
 def stratified_subset(labels: torch.Tensor, *, per_class: int, seed: int = 0) -> torch.Tensor:
     """Indices of ``per_class`` examples of every class, chosen with ``seed``; sorted. Fixed across calls."""
+    from .metrics import class_labels
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be an integer >= 1 (images per class), got {per_class!r}")
+    labels = class_labels(labels)  # (N,)
     g = torch.Generator().manual_seed(seed)
     picks = []
     for k in torch.unique(labels).tolist():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .corruption_names import COMMON, SEVERITIES
-from .corruption_names import check as _check
+from .corruption_names import check as _check, check_names
 from .download import fetch
 from .files import existing, file_digest
 
@@ -28,10 +28,7 @@ def load_cifar10_c(root: str | os.PathLike, *, names=COMMON, severities=SEVERITI
     ``<name>.npy``; each file stacks severities 1..5 of the 10,000 test images). Same dict as ``corrupted_set``
     with uint8 images (S, N, 3, 32, 32)."""
     root = Path(root)
-    for name in names:
-        _check(name, 1)  # also keeps names like "../x" from reaching the file system
-    for severity in severities:
-        _check(names[0] if names else "brightness", severity)
+    names, severities = check_names(names, severities=severities)  # also keeps "../x" from the file system
     if not (root / "labels.npy").exists():
         raise FileNotFoundError(f"no CIFAR-10-C at {root} (expected labels.npy and <corruption>.npy). On a "
                                 f"connected machine run pcnet.experiments.corruptions.download_cifar10_c({str(root)!r}) "
