@@ -62,3 +62,61 @@ def test_accuracy_grid_counts_by_hand(tmp_path):
         by_hand = (net(x, timesteps=2).argmax(-1) == sets["brightness", 5].labels).float().mean(-1)  # (3,)
     torch.testing.assert_close(grid[1, 1], by_hand)
     assert metrics.normalised_mce(grid).shape == (3,)
+
+
+def test_the_four_extra_corruptions_are_generated(tmp_path):
+    from imagecorruptions import corrupt
+    from torchvision import transforms
+
+    from pcnet.experiments.corruptions import EXTRA
+
+    val = _images(tmp_path / "val", n=1)
+    kw = dict(names=list(EXTRA), severities=[3], size=32, cache_dir=tmp_path / "cache", progress=False)
+    sets = imagenet_c.generate_imagenet_c(val, **kw)
+    assert sorted(n for n, _ in sets) == sorted(EXTRA) and all(len(v) == 2 for v in sets.values())
+    to_uint8 = transforms.Compose([transforms.Resize(37), transforms.CenterCrop(32), transforms.PILToTensor()])
+    clean = to_uint8(Image.open(val / "n01440764" / "0.JPEG").convert("RGB"))  # (3, 32, 32)
+    for name in ("gaussian_blur", "saturate"):  # deterministic corruptions: exactly the package's
+        expected = np.clip(corrupt(clean.permute(1, 2, 0).numpy(), severity=3, corruption_name=name), 0, 255)
+        assert torch.equal(sets[name, 3].images[0], torch.from_numpy(expected.astype(np.uint8)).permute(2, 0, 1))
+    for name in ("speckle_noise", "spatter"):  # random ones: changed, and the same again (seeded)
+        assert not torch.equal(sets[name, 3].images[0], clean)
+    again = imagenet_c.generate_imagenet_c(val, **dict(kw, cache_dir=tmp_path / "other"))
+    assert all(torch.equal(again[k].images, v.images) for k, v in sets.items())
+    with pytest.raises(ValueError, match=r"unknown corruptions or severities \['speckle'\].*4 extra"):
+        imagenet_c.generate_imagenet_c(val, **dict(kw, names=["speckle"]))
+
+
+def test_alexnet_normalised_mce_by_hand():
+    from pcnet.experiments import scale_eval
+
+    # 2 corruptions x 2 severities x (T+1 = 2) x 4 images; speckle_noise has no AlexNet error and is left out
+    correct = torch.ones(2, 2, 2, 4, dtype=torch.bool)
+    correct[0, 0, 0, :2] = False  # gaussian_noise, severity 1, t = 0: error 1/2
+    correct[0, 1, 0, :] = False  # severity 2, t = 0: error 1
+    correct[0, 1, 1, :1] = False  # severity 2, t = 1: error 1/4
+    correct[1] = False  # speckle_noise: all wrong, must not count
+    names = ["gaussian_noise", "speckle_noise"]
+    ce = imagenet_c.alexnet_ce(correct, names)  # (1, 2)
+    torch.testing.assert_close(ce, torch.tensor([[0.75 / 0.886428, 0.125 / 0.886428]]))
+    summary = scale_eval.corruption_summary(correct, names=names)
+    torch.testing.assert_close(summary["mCE (AlexNet-normalised)"], ce[0])
+    assert set(summary) == {"mCE (mean of ratios)", "ratio of means", "mCE (AlexNet-normalised)"}
+    assert len(imagenet_c.ALEXNET_ERROR) == 15 and imagenet_c.ALEXNET_ERROR["jpeg_compression"] == 0.6065
+    with pytest.raises(ValueError, match="none of .* has a published AlexNet error"):
+        imagenet_c.alexnet_ce(correct[1:], ["spatter"])
+    with pytest.raises(ValueError, match="1 names for 2 corruptions"):
+        imagenet_c.alexnet_ce(correct, ["gaussian_noise"])
+
+
+def test_corruption_family_has_three_definitions_with_names():
+    from pcnet.experiments import scale_eval
+
+    g = torch.Generator().manual_seed(0)
+    correct = {"dynamics": torch.rand(2, 2, 3, 20, generator=g) > 0.4}  # (C, S, T+1, n)
+    family = scale_eval.corruption_family(correct, n_boot=200, names=["fog", "saturate"])
+    assert [v.contrast.split(": ")[1] for v in family] == ["mCE (mean of ratios) t=T / t=0", "ratio of means t=T / t=0",
+                                                           "AlexNet mCE t=T / t=0"]
+    # the AlexNet ratio over one corruption equals fog's error ratio: AlexNet's constant cancels
+    err = 1 - correct["dynamics"][0].float().mean(-1).mean(0)  # (T+1,)
+    assert abs(family[2].estimate - float(err[-1] / err[0])) < 1e-6

@@ -16,10 +16,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .corruptions import COMMON, SEVERITIES
+from .corruptions import ALL, COMMON, SEVERITIES
 from .files import atomic_path, existing, sha256_file, write_text_atomic
 
-__all__ = ["check_imagenet_c", "published_imagenet_c", "GeneratedImageNetC", "generate_imagenet_c", "accuracy_grid"]
+__all__ = ["ALEXNET_ERROR", "check_imagenet_c", "published_imagenet_c", "GeneratedImageNetC", "generate_imagenet_c",
+           "accuracy_grid", "alexnet_ce"]
+
+# AlexNet's top-1 error on ImageNet-C, averaged over the five severities, for the 15 common corruptions: the
+# normalisers of Hendrycks & Dietterich's mCE (ICLR 2019, "Benchmarking neural network robustness to common
+# corruptions and perturbations", sec. 3 and their appendix table of AlexNet's errors). Transcribed from
+# google-research/augmix, imagenet.py (ALEXNET_ERR, "Raw AlexNet errors taken from
+# https://github.com/hendrycks/robustness"), in its order, which is COMMON's; e.g. gaussian_noise 0.886428 is the
+# mean of AlexNet's per-severity errors 0.69528, 0.82542, 0.93554, 0.98138, 0.99452. Hendrycks & Dietterich define
+# the mCE on these 15 only: the 4 extra corruptions (speckle noise, Gaussian blur, spatter, saturate) have no
+# published AlexNet error, so they enter only the two relative mCE definitions.
+ALEXNET_ERROR = dict(zip(COMMON, (0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816,
+                                  0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500)))
 
 
 def _has_images(folder: pathlib.Path) -> bool:
@@ -78,7 +90,7 @@ def _corrupt_all(clean: torch.Tensor, *, name: str, severity: int, seed: int) ->
     from imagecorruptions import corrupt
 
     out = torch.empty_like(clean)
-    index = COMMON.index(name)
+    index = ALL.index(name)  # COMMON's indices are unchanged, so caches made before the extra four still hold
     for i, img in enumerate(clean):
         np.random.seed(np.random.SeedSequence([seed, index, severity, i]).generate_state(1)[0])  # the package's RNG
         y = corrupt(img.permute(1, 2, 0).numpy(), severity=severity, corruption_name=name)  # (H, W, 3)
@@ -111,7 +123,7 @@ def _load_or_make(folder: pathlib.Path, manifest: dict, clean, *, name, severity
     return images
 
 
-def generate_imagenet_c(val_folder, *, names=COMMON, severities=SEVERITIES, size: int = 224, seed: int = 0,
+def generate_imagenet_c(val_folder, *, names=ALL, severities=SEVERITIES, size: int = 224, seed: int = 0,
                         limit: int | None = None, indices=None, cache_dir=None, progress: bool = True) -> dict:
     """ImageNet-C corruptions of the resized, centre-cropped images of ``val_folder`` (an ImageFolder), made once.
 
@@ -131,9 +143,10 @@ def generate_imagenet_c(val_folder, *, names=COMMON, severities=SEVERITIES, size
         dataset.samples = [dataset.samples[int(i)] for i in indices]
     if limit is not None:
         dataset.samples = dataset.samples[:limit]
-    bad = [n for n in names if n not in COMMON] + [s for s in severities if s not in SEVERITIES]
+    bad = [n for n in names if n not in ALL] + [s for s in severities if s not in SEVERITIES]
     if bad:
-        raise ValueError(f"unknown corruptions or severities {bad}; use names from {COMMON} and severities 1..5")
+        raise ValueError(f"unknown corruptions or severities {bad}; use names from {ALL} (the 15 common ones and the "
+                         f"4 extra) and severities 1..5")
     if cache_dir is None:
         from .data import DATA_DIR
         cache_dir = DATA_DIR / "cache" / "imagenet_c"
@@ -148,3 +161,21 @@ def generate_imagenet_c(val_folder, *, names=COMMON, severities=SEVERITIES, size
                                                                severity=severity, seed=seed), labels)
         write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out
+
+
+def alexnet_ce(correct: torch.Tensor, names) -> torch.Tensor:
+    """Hendrycks & Dietterich's AlexNet-normalised corruption errors from per-image correctness (..., C, S, T+1, n)
+    of the corruptions ``names``: CE_c(t) = (mean over severities of the error) / :data:`ALEXNET_ERROR`[c], for the
+    common corruptions only (the extra four have no AlexNet error); returns (..., C_common, T+1); their mean over
+    corruptions is the mCE (1 = AlexNet's robustness)."""
+    names = list(names)
+    if len(names) != correct.shape[-4]:
+        raise ValueError(f"{len(names)} names for {correct.shape[-4]} corruptions in correct {tuple(correct.shape)}; "
+                         f"pass the names in the order of the corruption axis")
+    keep = [i for i, n in enumerate(names) if n in ALEXNET_ERROR]
+    if not keep:
+        raise ValueError(f"none of {names} has a published AlexNet error; the AlexNet-normalised mCE needs some of "
+                         f"the 15 common corruptions {COMMON}")
+    error = 1 - correct[..., keep, :, :, :].float().mean(-1).mean(-2)  # (..., C_common, T+1)
+    alexnet = torch.tensor([ALEXNET_ERROR[names[i]] for i in keep], dtype=error.dtype)  # (C_common,)
+    return error / alexnet[:, None]

@@ -237,6 +237,7 @@ def run_paper(preset: str, *, data, weights, feedback, device, cfg: dict, progre
                                size=cfg["image_size"], seed=cfg["seed"], indices=chosen, cache_dir=cfg.get("cache_dir"),
                                progress=progress)
     sets = {k: Relabel(v, index) for k, v in sets.items()}
+    out["corruption_names"] = list(dict.fromkeys(c for c, _ in sets))  # the corruption axis, for the AlexNet mCE
     out["corruptions"] = {name: ev.corruption_correct(net, sets, timesteps=cfg["timesteps"], feedback=fb_mode,
                                                       batch_size=cfg["batch_size"], progress=progress,
                                                       precision=precision)

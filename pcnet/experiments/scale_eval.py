@@ -174,18 +174,35 @@ def _ratio_of_means(correct: torch.Tensor) -> torch.Tensor:
     return normalised_mce(correct.float().mean(-1))[..., -1]
 
 
-def corruption_summary(correct: torch.Tensor) -> dict:
-    """Both normalised mCE curves over t (each (T+1,)) from correctness (C, S, T+1, n)."""
+def _alexnet_ratio(correct: torch.Tensor, *, names) -> torch.Tensor:
+    """AlexNet-normalised mCE at T over at t = 0; (..., C, S, T+1, n) -> (...)."""
+    from .imagenet_c import alexnet_ce
+
+    mce = alexnet_ce(correct, names).mean(-2)  # (..., T+1)
+    return mce[..., -1] / mce[..., 0]
+
+
+def corruption_summary(correct: torch.Tensor, *, names=None) -> dict:
+    """The mCE curves over t (each (T+1,)) from correctness (C, S, T+1, n): both definitions relative to t = 0 and,
+    given the corruption ``names``, Hendrycks & Dietterich's AlexNet-normalised mCE (over the common corruptions
+    among them; the extra four have no AlexNet error, :func:`imagenet_c.alexnet_ce`)."""
+    from .imagenet_c import alexnet_ce
     from .metrics import normalised_ce, normalised_mce
 
     acc = correct.float().mean(-1)  # (C, S, T+1)
-    return {"mCE (mean of ratios)": normalised_ce(acc).mean(-2), "ratio of means": normalised_mce(acc)}
+    out = {"mCE (mean of ratios)": normalised_ce(acc).mean(-2), "ratio of means": normalised_mce(acc)}
+    if names is not None:
+        out["mCE (AlexNet-normalised)"] = alexnet_ce(correct, names).mean(-2)  # (T+1,)
+    return out
 
 
-def corruption_family(correct: dict, *, n_boot: int = 2000) -> list[Verdict]:
-    """Holm family of paired BCa bootstrap verdicts on both mCE summaries at T (null 1 = no change) for each
-    feedback of ``correct`` {feedback: (C, S, T+1, n)}."""
+def corruption_family(correct: dict, *, n_boot: int = 2000, names=None) -> list[Verdict]:
+    """Holm family of paired BCa bootstrap verdicts on the mCE summaries at T (null 1 = no change) for each
+    feedback of ``correct`` {feedback: (C, S, T+1, n)}; with the corruption ``names`` also the AlexNet-normalised
+    mCE at T over the one at t = 0 (:func:`imagenet_c.alexnet_ce`)."""
     summaries = (("mCE (mean of ratios) t=T / t=0", _mce_hd), ("ratio of means t=T / t=0", _ratio_of_means))
+    if names is not None:
+        summaries += (("AlexNet mCE t=T / t=0", functools.partial(_alexnet_ratio, names=list(names))),)
     def contrast(name, label):  # a test-time baseline's two rows are (backbone, baseline): "/ backbone"
         return f"{name}: {label if name in FEEDBACKS else label.replace('t=T / t=0', '/ backbone')}"
     verdicts = [bootstrap_verdict(stat, c, contrast=contrast(name, label), null=1.0, higher_is_better=False,
