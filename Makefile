@@ -32,13 +32,14 @@ TEST_SETUP ?= python-check browser setup
 TEST_STEPS ?= unit-and-chapters nbstripout-check site-strict browser-check
 
 .PHONY: help setup python-check browser book test unit-and-chapters nbstripout-check site site-strict \
-        browser-check chapters data readme-figure clean distclean
+        browser-check chapters data readme-figure clean distclean fork
 
 help:
 	@echo "make book   - set up, execute every chapter, build the site into _build/html"
 	@echo "make test   - set up, unit tests, chapters in smoke mode, strict site build, browser check"
 	@echo "make data   - rerun the chapters' study CLIs (resumable, hours on 2 cores): rewrites data/results/ch4-6_*"
 	@echo "make clean  - remove _build (keeps .venv);  make distclean - also .venv, .cache, MathJax copy"
+	@echo "make fork URL=https://github.com/you/pcnet - point every Colab link and setup cell at your fork"
 
 # ---------------------------------------------------------------- setup
 setup: python-check $(MATHJAX) $(STAMPS)/install $(STAMPS)/data
@@ -138,6 +139,11 @@ endif
 
 browser-check:
 	$(PY) scripts/browser_check.py --site _build/html --screenshot-dir _build $(if $(CHROMIUM),--chromium "$(CHROMIUM)")
+
+# A fork runs this once: every Colab link and setup cell then opens the fork (tests/test_fork.py checks they agree).
+fork:
+	@test -n "$(URL)" || { echo "give the fork: make fork URL=https://github.com/OWNER/NAME" >&2; exit 1; }
+	$(PYTHON) scripts/fork.py "$(URL)"
 
 clean:
 	rm -rf _build
