@@ -396,3 +396,16 @@ def test_rescaled_forward_refuses_a_nan_scale():
     net = small_prednet()
     with pytest.raises(ValueError, match=r"scale must be finite, got \[nan, nan\]"):
         pcnet.rescaled_forward(net, torch.rand(2, 1, 16, 16), scale=float("nan"))  # returned NaN logits
+
+
+@pytest.mark.parametrize("module, call", [
+    ("imagecorruptions.corruptions", lambda: __import__("pcnet.experiments.corruptions").experiments.corruptions.corrupt(
+        _gray(), name="fog", severity=1)),
+    ("matplotlib.pyplot", lambda: __import__("pcnet.experiments.plotting").experiments.plotting.show_images(_gray())),
+    ("pandas", lambda: __import__("pcnet.experiments.tuning").experiments.tuning.GridResult(
+        rows=[], best={}, best_score=0.0).table()),
+])
+def test_every_lazy_optional_import_goes_through_require(monkeypatch, module, call):
+    monkeypatch.setitem(__import__("sys").modules, module, None)
+    with pytest.raises(ModuleNotFoundError, match=r'install it with: pip install "pcnet\[book\]"'):
+        call()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .optional import require
 from . import corruption_report as R
 from . import corruptions
 from .plotting import COLORS, PALETTE
@@ -15,7 +16,7 @@ SINGLE_PASS = {"rescale": COLORS["rescaled"], "BN adaptation": COLORS["backbone"
 
 def plot_examples(image: torch.Tensor, *, seed: int = 0):
     """One clean image (1, H, W) in [0, 1] and its 19 corruptions x 5 severities, as one labelled mosaic."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", purpose="corruption_figures.plot_examples")
 
     from .plotting import show_images
 
@@ -36,8 +37,8 @@ def plot_examples(image: torch.Tensor, *, seed: int = 0):
 def plot_curves(study: dict, *, summary: str = "mCE", n_boot: int = 1000):
     """The summary (relative to the backbone) over timesteps, one panel per value set: the dynamics and their
     three feedback controls with pointwise BCa intervals; single-pass methods as horizontal lines."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    plt = require("matplotlib.pyplot", purpose="corruption_figures.plot_curves")
+    MaxNLocator = require("matplotlib.ticker", purpose="corruption_figures.plot_curves").MaxNLocator
 
     sets = list(study["value_sets"])
     fig, axes = plt.subplots(1, len(sets), figsize=(WIDTH, 3.4), sharey=True, squeeze=False)
@@ -62,7 +63,7 @@ def plot_curves(study: dict, *, summary: str = "mCE", n_boot: int = 1000):
 
 def plot_per_corruption(study: dict):
     """CE_c / CE_c(backbone) of every method (last timestep) for every corruption, as one heatmap."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", purpose="corruption_figures.plot_per_corruption")
     import numpy as np
 
     methods = study["methods"]
@@ -80,7 +81,7 @@ def plot_per_corruption(study: dict):
 
 def plot_tradeoff(summary_family: list, clean_family: list, *, summary: str = "mCE"):
     """Each method's summary (BCa interval) against its clean-accuracy change (Newcombe interval)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", purpose="corruption_figures.plot_tradeoff")
 
     fig, ax = plt.subplots(figsize=(WIDTH, 4.2))
     colors = {**{m: c for m, (c, _) in CONTROL_STYLE.items()}, **SINGLE_PASS}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .optional import require
 from . import verdicts as V
 
 BACKBONE = "paper: dynamics"  # its t = 0 is the plain backbone, shared by every method's reference
@@ -152,7 +153,7 @@ def cell_ratios(study: dict, method: str) -> torch.Tensor:
 
 def family_table(family: list[V.Verdict]):
     """A pandas table of a family (one row per verdict)."""
-    import pandas as pd
+    pd = require("pandas", purpose="corruption_report.family_table")
 
     return pd.DataFrame([v.as_row() for v in family]).set_index("contrast")
 

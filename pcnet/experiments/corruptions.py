@@ -34,6 +34,7 @@ from skimage.filters import gaussian
 
 from .corruption_names import ALL, COMMON, EXTRA, FAMILIES, SEVERITIES  # noqa: F401 (public names, kept here)
 from .corruption_names import check as _check, check_names
+from .optional import require
 from .files import locked, save_torch_atomic, sha256_file, write_text_atomic
 # the published CIFAR-10-C / ImageNet-C sets live in published.py; their names stay available from here
 from .published import (ARCHIVE_MD5, CIFAR10_C_URL, IMAGENET_C_URLS, download_cifar10_c,  # noqa: F401
@@ -101,7 +102,7 @@ def _clipped_zoom(x, factor):
 
 
 def _motion(x, radius, sigma, angle):
-    from imagecorruptions.corruptions import _motion_blur
+    _motion_blur = require("imagecorruptions.corruptions", purpose="corruptions (motion blur, snow)")._motion_blur
     return _motion_blur(x, radius=radius, sigma=sigma, angle=angle)
 
 
@@ -146,7 +147,7 @@ def _frost(x, c, rng):
 
 
 def _fog(x, c, rng):
-    from imagecorruptions.corruptions import plasma_fractal
+    plasma_fractal = require("imagecorruptions.corruptions", purpose="corruptions (fog)").plasma_fractal
     with _legacy_seed(rng):
         plasma = plasma_fractal(mapsize=x.shape[0], wibbledecay=c[1])
     top = x.max()
@@ -200,7 +201,7 @@ def _spatter(x, c, rng):
 
 
 def _disk_blur(x, c):
-    from imagecorruptions.corruptions import disk
+    disk = require("imagecorruptions.corruptions", purpose="corruptions (defocus blur)").disk
     return cv2.filter2D(x, -1, disk(radius=c[0], alias_blur=c[1]).astype(np.float64))
 
 

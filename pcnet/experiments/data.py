@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Subset, TensorDataset
 
+from .optional import require
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # <repo>/data in a checkout (the usual case: `pip install -e .`, Colab clone); ~/.cache/pcnet for a
 # plain `pip install`; the environment variable PCNET_DATA overrides both.
@@ -227,11 +229,11 @@ def natural_photo_names() -> list[str]:
 
 
 def _photo_loaders():
-    import skimage.data as sk
+    sk = require("skimage.data", purpose="data.natural_photos")
     loaders = [(n, getattr(sk, n)) for n in ("astronaut", "chelsea", "coffee", "rocket")]
     loaders.append(("motorcycle", lambda: sk.stereo_motorcycle()[0]))
     loaders += [(n, getattr(sk, n)) for n in ("camera", "coins", "moon", "brick", "grass", "gravel")]
-    from matplotlib import cbook
+    cbook = require("matplotlib.cbook", purpose="data.natural_photos")
     loaders.append(("grace_hopper", lambda: __import__("matplotlib.image").image.imread(
         cbook.get_sample_data("grace_hopper.jpg"))))
     try:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from .optional import require
 from . import dynamics_study as study
 from . import plotting, stats
 from .verdicts import holm_family, paired_proportions
@@ -47,7 +48,7 @@ def main_family(result: dict, values: str) -> list:
 def replicate_table(result: dict):
     """Per-backbone verdicts at the main noise level (paper values): dynamics t=T − t=0 and − zero control,
     each with its own interval over images; the last rows give the mean over backbones and its spread."""
-    import pandas as pd
+    pd = require("pandas", purpose="dynamics_report.replicate_table")
 
     cond, rows, est = main_condition(result), [], {"t=T − t=0": [], "− zero-prediction": []}
     for seed in result["config"]["backbone_seeds"]:
@@ -103,7 +104,7 @@ def alpha_range_family(result: dict) -> tuple[list, list]:
 def distance_table(result: dict):
     """Change of the correlation distance (noisy vs clean state, t=T minus t=0) per PCoder: mean over images
     with its t interval, for the dynamics, the zero control and untrained decoders, and the paired differences."""
-    import pandas as pd
+    pd = require("pandas", purpose="dynamics_report.distance_table")
 
     change = {k: torch.tensor(v, dtype=torch.float64) for k, v in result["chunks"]["states"]["change"].items()}
     rows = []

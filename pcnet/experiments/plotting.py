@@ -66,7 +66,7 @@ def show_images(images, *, nrow: int = 8, titles=None, ax=None, cmap=None):
     """Show a batch of images (B,C,H,W) or (B,H,W) in [0,1] as a grid of panels; returns the figure.
 
     ``titles``: one string per image (optional). ``ax``: an existing axis to draw one mosaic into."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", purpose="plotting.show_images")
     import numpy as np
     import torch
     x = torch.as_tensor(images).detach().cpu().float()
@@ -112,7 +112,7 @@ def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
     no-effect value (an effect inside it is one the design could miss); a vertical line at the no-effect value.
     ``labels``: one per verdict (default: the contrasts without their shared prefix, which becomes the title).
     All verdicts must share the no-effect value and unit (split a mixed family: :func:`family_plot` does)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", purpose="plotting.forest_plot")
 
     from . import verdicts as V
 
@@ -162,7 +162,7 @@ def family_plot(verdicts, *, title: str | None = None):
     """A verdict family's forest plot, one panel per no-effect value and unit (:func:`family_groups`); returns
     the figure. Show it alone in its cell (a figure caption then applies to it only), the table in the next
     (:func:`show_table`)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", purpose="plotting.family_plot")
 
     groups = family_groups(verdicts)
     if not groups:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .optional import require
 from . import chunks, dynamics_study as study
 from .data import DATA_DIR
 from .verdicts import Verdict, holm_family, paired_proportions
@@ -65,7 +66,7 @@ SMOKE = Config(n_test=40, timesteps=2, batch_size=20, draws=2, backbones=(0, 1))
 def draws_verdict(a, b, *, contrast: str, alpha: float = 0.05, power: float = 0.8) -> Verdict:
     """Verdict on accuracy(a) - accuracy(b) in points over noise draws: a, b are (draws, n) per-image correctness
     on the same images. The per-image mean over draws is the unit (paired Student-t over images; MDE from its SD)."""
-    from scipy.stats import t as student_t
+    student_t = require("scipy.stats", purpose="replication.draws_verdict").t
 
     from .stats import mde_paired
 

@@ -11,6 +11,7 @@ import dataclasses
 
 import torch
 
+from .optional import require
 from . import stats, verdicts
 
 LABELS = {"t0": "t = 0 (backbone)", "dynamics": "t = T (dynamics)", "zero": "zero feedback",
@@ -63,7 +64,7 @@ def _bound(correct) -> dict:
 
 def sweep_table(result: dict, *, models=("t0", "dynamics")):
     """One row per (eps, model): n, each attack's robust accuracy and the worst case with its Wilson interval."""
-    import pandas as pd
+    pd = require("pandas", purpose="robustness_report.sweep_table")
     rows = []
     for eps in result["config"]["eps_sweep"]:
         for model in models:
@@ -77,7 +78,7 @@ def sweep_table(result: dict, *, models=("t0", "dynamics")):
 
 def attack_table(result: dict, *, eps: float):
     """Every attack at ``eps``: model, attack, budget and its robust accuracy (an upper bound) with interval."""
-    import pandas as pd
+    pd = require("pandas", purpose="robustness_report.attack_table")
     rows = [{"model": label(r["model"]), "attack": r["attack"], "budget": f"{r['budget']} x {r['restarts']}",
              **_bound(r["correct"])} for r in result["runs"].values() if r["eps"] == eps]
     rows += [{"model": LABELS["dynamics"], "attack": "transfer (" + r["attack"] + " on t = 0)",
@@ -266,7 +267,7 @@ def summary(timestep: list, control: list) -> str:
 
 
 def family_table(family: list[verdicts.Verdict]):
-    import pandas as pd
+    pd = require("pandas", purpose="robustness_report.family_table")
     return pd.DataFrame([v.as_row() for v in family])
 
 

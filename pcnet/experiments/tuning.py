@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .optional import require
 from . import devices
 from .evaluate import Corruption, corrupt_dataset, evaluate_dynamics
 
@@ -33,7 +34,7 @@ class GridResult:
     skipped: list[dict] = field(default_factory=list)
 
     def table(self):
-        import pandas as pd
+        pd = require("pandas", purpose="tuning.GridResult.table")
 
         return pd.DataFrame([{k: v for k, v in r.items() if k != "accuracy"} for r in self.rows])
 
