@@ -32,7 +32,7 @@ TEST_SETUP ?= python-check browser setup
 TEST_STEPS ?= unit-and-chapters nbstripout-check site-strict browser-check
 
 .PHONY: help setup python-check browser book test unit-and-chapters nbstripout-check site site-strict \
-        browser-check chapters data readme-figure clean distclean fork
+        browser-check chapters data data-replicates readme-figure clean distclean fork
 
 help:
 	@echo "make book   - set up, execute every chapter, build the site into _build/html"
@@ -100,11 +100,20 @@ chapters: setup
 # `python -m pcnet.experiments.train` (see data/MANIFEST.json).
 data: setup
 	$(PY) -m pcnet.experiments.dynamics_runs
+	$(PY) -m pcnet.experiments.replication
 	$(PY) -m pcnet.experiments.corruption_study
 	$(PY) -m pcnet.experiments.robustness_study
 	$(PY) -m pcnet.experiments.robustness_study --tuned
 	$(PY) -m pcnet.experiments.decoder_budget
 	@echo "data/results/ch3_*, ch4_*, ch5_*, ch6_* and data/MANIFEST.json rewritten: review with git diff, then commit"
+
+# The replication studies of chapters 5 and 6 on every backbone (issue 19): days on 2 CPU cores, minutes to hours on
+# a GPU (add DEVICE=cuda). Resumable: chunks go to the committed data/chunks/, so a stopped run loses nothing.
+DEVICE ?= cpu
+data-replicates: setup
+	$(PY) -m pcnet.experiments.corruption_study --backbone-seed 1 --device $(DEVICE)
+	$(PY) -m pcnet.experiments.corruption_study --backbone-seed 2 --device $(DEVICE)
+	for b in 0 1 2; do $(PY) -m pcnet.experiments.robustness_study --suite --backbone-seed $$b --device $(DEVICE); done
 
 site:
 	rm -rf _build/html _build/.doctrees
