@@ -282,8 +282,7 @@ class PredNet(nn.Module):
             raise RuntimeError(f"layer {self.layers[n]!r} ran twice or out of order in one forward pass")
 
     def _check_all_ran(self, done):
-        """After (or during) a backbone pass in which ``done`` PCoder layers ran: a clear error if one was skipped
-        (grad mode would otherwise run no dynamics at all, t = T equal to t = 0, and the fast path crash)."""
+        """A clear error if one of the PCoder layers was skipped (grad mode ran no dynamics, no-grad crashed)."""
         if done < len(self.layers):
             raise RuntimeError(f"layer {self.layers[done]!r} did not run in this forward pass: the backbone's forward "
                                f"skipped it (e.g. on a branch that depends on the input or a flag), so its PCoder has "
@@ -293,7 +292,8 @@ class PredNet(nn.Module):
     def check_finite(tensor, what, t=None):
         # one reduction, accumulated in float32 or wider (a float16 sum overflows at 65504 while every value is
         # small): any inf or NaN (or an overflowing float32 sum, itself a sign of divergence) makes it non-finite
-        if tensor is not None and not torch.isfinite(tensor.sum(dtype=_wide(tensor.dtype))):
+        wide = torch.float32 if tensor is not None and tensor.dtype in (torch.float16, torch.bfloat16) else None
+        if tensor is not None and not torch.isfinite(tensor.sum(dtype=wide)):
             when = "" if t is None else f" at timestep {t}"
             raise FloatingPointError(f"non-finite values in the {what}{when}; lower alpha (or check the "
                                      f"input and decoder weights)")
@@ -336,11 +336,6 @@ class PredNet(nn.Module):
         if unknown:
             raise ValueError(f"cannot record {unknown}; choose from {RECORDABLE}")
         return timesteps, record
-
-
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a finiteness check sums in: float32 for 16-bit floats, the tensor's own dtype otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class Readout(nn.Module):
