@@ -34,6 +34,18 @@ class Trace:
 class PredNet(nn.Module):
     """A predified backbone; build it with :func:`predify`.
 
+    Its own methods (``help(PredNet)`` lists those of ``nn.Module`` after them):
+
+    - running: ``forward`` (``net(x, timesteps=T)``: logits (T+1, B, K)), ``run`` (a :class:`Trace` with errors,
+      states, predictions, terms), ``at_timestep`` (one timestep's logits as a module, for attacks)
+    - hyperparameters: ``set_hparams``, ``hparams``, ``hparam_parameters``
+    - feedback weights: ``save_feedback`` (reload with ``pcnet.load_feedback``), ``load_state_dict`` (checks the
+      hyperparameters first), ``train`` (decoders only), ``unwrap`` (the backbone)
+    - the reference dynamics, step by step: ``feedforward``, ``predict``, ``step``, ``update_state`` (eq.
+      eq-update or the network's own rule), ``feedback_of``, ``coefficients``, ``scale_of``, ``needs_error``,
+      ``needs_prediction``, ``pc_modules``
+    - checks: ``check_input``, ``check_finite``
+
     Concurrency: the temporary hooks of a call act only in the thread that made the call, so the same
     PredNet called from several threads, several PredNets on one backbone, and a plain ``backbone(x)`` in
     another thread all give the results they give alone. Every call runs the backbone in eval mode
