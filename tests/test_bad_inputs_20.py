@@ -409,3 +409,13 @@ def test_every_lazy_optional_import_goes_through_require(monkeypatch, module, ca
     monkeypatch.setitem(__import__("sys").modules, module, None)
     with pytest.raises(ModuleNotFoundError, match=r'install it with: pip install "pcnet\[book\]"'):
         call()
+
+
+def test_noise_helpers_check_finiteness_and_type():
+    x = _gray()
+    x[0, 0, 0, 0] = float("nan")
+    for noise in (lambda x: evaluate.gaussian_noise(x, sigma=0.1), lambda x: evaluate.salt_pepper(x, amount=0.1)):
+        with pytest.raises(ValueError, match="1 NaN or infinite pixels"):
+            noise(x)
+        with pytest.raises(TypeError, match=r"got ndarray; convert with torch.as_tensor"):
+            noise(_gray().numpy())

@@ -35,8 +35,14 @@ def _as_generator(generator: torch.Generator | int | None) -> torch.Generator | 
 
 
 def _check_unit_range(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a float image tensor in [0, 1], got {type(x).__name__}; convert with "
+                        f"torch.as_tensor(x)")
     if not torch.is_floating_point(x):
         raise TypeError(f"{name}: expected a float image tensor in [0, 1], got dtype {x.dtype}; convert with x.float() / 255")
+    if not torch.isfinite(x).all():  # a NaN passes the range test below
+        raise ValueError(f"{name}: images have {int((~torch.isfinite(x)).sum())} NaN or infinite pixels; replace "
+                         f"them (e.g. torch.nan_to_num(x)) or drop those images")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"{name}: images must lie in [0, 1] (got min {x.min().item():.3g}, max {x.max().item():.3g}); "
                          "apply noise before any normalisation")
