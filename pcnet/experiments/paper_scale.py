@@ -24,7 +24,7 @@ from .data import IMAGENETTE_IMAGENET_INDEX
 
 __all__ = ["SCALES", "LITE0_LAYERS", "IMAGENETTE_WNIDS", "check_scale", "plite0", "PhotoCrops",
            "train_demo_feedback", "run_demo", "Relabel", "imagenet_index", "resolve_data", "eval_subset", "paper_net",
-           "paper_feedback", "run_paper"]
+           "paper_feedback", "resolve_batches", "run_paper"]
 
 SCALES = ("demo", "paper")
 # EfficientNet-Lite0's stem BatchNorm (its ReLU6 is applied in forward, after the PCoder) and the last block of
@@ -208,10 +208,25 @@ def paper_net(preset: str, *, weights, image_size: int, device, seed: int):
     return build_preset(preset, weights=weights, image_size=image_size).to(device).eval()
 
 
+def resolve_batches(net, cfg: dict, *, report=print) -> dict:
+    """``cfg`` with ``batch_size`` and ``attack_batch`` of "auto" replaced by the largest batches that fit the
+    device's free memory (:func:`memory.resolve_batch`: measured per-image memory of ``net`` at ``cfg["timesteps"]``,
+    the CPU's limited by ``cfg.get("ram_limit")``); each choice is printed."""
+    from . import memory
+
+    if "auto" not in (cfg["batch_size"], cfg["attack_batch"]):
+        return cfg
+    estimate = memory.attack_bytes_per_image(net)
+    kw = dict(timesteps=cfg["timesteps"], ram_limit=cfg.get("ram_limit"), estimate=estimate, report=report)
+    return {**cfg, "batch_size": memory.resolve_batch(cfg["batch_size"], net, backward=False, name="BATCH", **kw),
+            "attack_batch": memory.resolve_batch(cfg["attack_batch"], net, backward=True, name="ATTACK_BATCH", **kw)}
+
+
 def run_paper(preset: str, *, data, weights, feedback, device, cfg: dict, progress: bool = True) -> dict:
     """The paper-scale run of one preset. ``cfg`` holds the chapter's options: image_size, seed, train (dict of
     epochs, batch_size, lr, workers, max_steps), n_eval, sigmas, timesteps, batch_size, corruptions, severities,
-    n_corrupt, n_attack, eps, attack_steps, attack_batch, n_boot, cache_dir, and optionally precision (None,
+    n_corrupt, n_attack, eps, attack_steps, attack_batch, n_boot, cache_dir (batch_size and attack_batch: ints, or
+    "auto" for :func:`resolve_batches`; optionally ram_limit), and optionally precision (None,
     "bf16", "fp16": evaluation and attacks under autocast; :func:`devices.amp_precision` picks it). Returns the
     per-image results."""
     from . import scale_eval as ev
@@ -225,10 +240,12 @@ def run_paper(preset: str, *, data, weights, feedback, device, cfg: dict, progre
     fb = paper_feedback(net, feedback=feedback, train_folder=folders["train"], seed=cfg["seed"], progress=progress,
                         **cfg["train"])
     net.to(device).eval()
+    cfg = resolve_batches(net, cfg)
     val = image_folder(folders["val"], transform=preprocessing(net))
     index = imagenet_index(val.classes)
     evaluation = eval_subset(Relabel(val, index), n=cfg["n_eval"], seed=cfg["seed"])
     out = {"preset": preset, "meta": net.meta, "feedback": fb, "device": str(device), "n_eval": len(evaluation),
+           "batch_size": cfg["batch_size"], "attack_batch": cfg["attack_batch"],
            "noise": ev.noise_study(net, evaluation, sigmas=cfg["sigmas"], timesteps=cfg["timesteps"],
                                    batch_size=cfg["batch_size"], seed=cfg["seed"], progress=progress,
                                    tta_methods=tuple(ev.TTA), precision=precision)}

@@ -43,8 +43,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Hyperparameter sets: the paper's experiments used one value for every PCoder; the authors' PVGG16 config
-# (predify2021, config_PVGG16.toml / pvgg16_shared.py) lists one value per PCoder. Caution: that config also
-# sets shared_hyperparameters = true, which (per its own comment) replaces the per-layer values by the first's.
+# (predify2021, config_PVGG16.toml / pvgg16_shared.py) lists one value per PCoder. Its reproduction repository
+# (bhavinc/predify2021) uploaded that config with shared_hyperparameters = true (2021-06-03), which per its own
+# comment would replace the per-layer values by the first's, and set it to false on 2022-01-28 (commit 8f279c6):
+# the per-layer values are meant. (miladmozafari/predify's examples/PVGG16/pvgg16_config.toml still says true.)
+# Their PVGG16 attack class (DeepPVGG16SeparateHP) hard-codes number_of_timesteps=10, i.e. t = 0..9.
 HPARAMS = {
     "uniform": dict(beta=0.8, lam=0.1, alpha=0.01),
     "per_layer": dict(beta=(0.2, 0.4, 0.4, 0.5, 0.6), lam=(0.05, 0.1, 0.1, 0.1, 0.0), alpha=0.01),
