@@ -159,3 +159,15 @@ def test_committed_names_the_command_and_rejects_other_settings(tmp_path):
         S.committed(S.StudyConfig(per_class=1, timesteps=3, names=("brightness",)), {"paper": S.PAPER}, path=path)
     with pytest.raises(ValueError, match="tuned values"):
         S.committed(config, {"paper": S.PAPER, "tuned": S.PAPER}, path=path)
+
+
+def test_best_method_needs_five_batch_orders():
+    """Issue 19 item 8: a TTA ranking from one batch order is no "best method" (batch-order variance unmeasured)."""
+    from pcnet.experiments.verdicts import Verdict
+    v = lambda name, est, p: Verdict(name, 100, est, est - 0.1, est + 0.1, 0.1, "t", p, p_holm=p)
+    fam = [v("mCE: TENT", 0.50, 0.0), v("mCE: BN adaptation", 0.51, 0.0), v("mCE: TENT - BN adaptation", -0.3, 0.01)]
+    one = R.best_method(fam, summary="mCE")
+    assert "TENT, ranks first on this batch order" in one and "no best-method claim" in one and "is the best" not in one
+    assert "TENT, is the best method (over 5 batch orders)" in R.best_method(fam, summary="mCE", batch_orders=5)
+    fam[-1] = v("mCE: TENT - BN adaptation", -0.3, 0.2)
+    assert "is not distinguishable from the runner-up" in R.best_method(fam, summary="mCE")
