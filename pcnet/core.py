@@ -138,14 +138,15 @@ class PredNet(nn.Module):
         """The original backbone, unchanged (no hooks stay attached)."""
         return self.backbone
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``, but invalid hyperparameters (e.g. beta + lam > 1, NaN learnable values) are
-        refused before anything is loaded, with ``strict=False`` too: decoders and backbone stay as they were."""
-        error = self.hyper.state_dict_error(state_dict, "hyper.")
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Loading (``load_state_dict``, also ``strict=False`` or through a module holding this network) first checks
+        the hyperparameters: invalid ones (beta + lam > 1, NaN learnable values) are refused before anything of this
+        network is loaded (this runs before its children load), so decoders and backbone stay as they were."""
+        error = self.hyper.state_dict_error(state_dict, prefix + "hyper.")
         if error is not None:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: {error}; nothing was "
                                f"loaded (fix or drop the hyper.* entries, or set them with net.set_hparams)")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _apply(self, fn, recurse=True):
         """Casts such as ``net.to(torch.bfloat16)`` keep the projective fields in float64 (devices still follow)."""

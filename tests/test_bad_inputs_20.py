@@ -419,3 +419,17 @@ def test_noise_helpers_check_finiteness_and_type():
             noise(x)
         with pytest.raises(TypeError, match=r"got ndarray; convert with torch.as_tensor"):
             noise(_gray().numpy())
+
+
+def test_invalid_hyperparameters_load_nothing_through_a_holding_module():
+    holder, other = torch.nn.Sequential(small_prednet()), small_prednet()
+    with torch.no_grad():
+        for p in other.decoders.parameters():
+            p.add_(1.0)
+    state = {"0." + k: v for k, v in other.state_dict().items()}
+    state["0.hyper.lam"] = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    state["0.hyper.beta"] = torch.tensor([0.9, 0.9], dtype=torch.float64)
+    before = {k: v.clone() for k, v in holder.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"beta \+ lam must be <= 1.*nothing was loaded"):
+        holder.load_state_dict(state, strict=False)
+    assert all(torch.equal(before[k], v) for k, v in holder.state_dict().items())
