@@ -128,7 +128,7 @@ def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
     if len(labels) != len(verdicts):
         raise ValueError(f"forest_plot: {len(labels)} labels for {len(verdicts)} verdicts; pass one label each")
     if ax is None:
-        _, ax = plt.subplots(figsize=(MAX_WIDTH, 0.9 + 0.32 * len(verdicts)), layout="constrained")
+        _, ax = plt.subplots(figsize=(MAX_WIDTH, max(2.0, 1.2 + 0.32 * len(verdicts))), layout="constrained")
     null, unit = verdicts[0].null, verdicts[0].unit
     ys = list(range(len(verdicts) - 1, -1, -1))  # first contrast at the top
     for k, (y, v) in enumerate(zip(ys, verdicts)):
@@ -145,8 +145,9 @@ def forest_plot(verdicts, *, ax=None, labels=None, title: str | None = None):
     for effect, c in EFFECT_COLORS.items():  # legend entries for the verdict colours present
         if any(v.effect == effect for v in verdicts):
             ax.plot([], [], "o", color=c, label={"none": "no detectable effect", "withheld": "no comparison"}.get(effect, effect))
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.65 / (0.32 * len(verdicts) + 0.25)),
-              ncol=5, frameon=False)  # below the x label (about 0.65 in; the axis is about 0.32 in a row): over no row
+    from matplotlib.transforms import ScaledTranslation
+    below = ax.transAxes + ScaledTranslation(0, -0.5, ax.figure.dpi_scale_trans)  # 0.5 in under the axis: below the x label
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below, ncol=3, frameon=False)
     return ax.figure
 
 
@@ -167,13 +168,14 @@ def family_plot(verdicts, *, title: str | None = None):
     groups = family_groups(verdicts)
     if not groups:
         raise ValueError("family_plot: the family is empty; pass at least one Verdict")
-    heights = [0.9 + 0.32 * len(g) for g in groups]
+    heights = [max(2.0, 1.2 + 0.32 * len(g)) for g in groups]  # room for the title, x label and legend
     fig, axes = plt.subplots(len(groups), 1, squeeze=False, layout="constrained", figsize=(MAX_WIDTH, sum(heights)),
                              gridspec_kw={"height_ratios": heights})
     for ax, group in zip(axes[:, 0], groups):
         forest_plot(group, ax=ax)
     if title:
-        fig.suptitle(title, fontsize=12)
+        import textwrap
+        fig.suptitle(textwrap.fill(title, 80), fontsize=12)  # wrapped: never wider than the figure
     return fig
 
 
