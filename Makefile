@@ -117,10 +117,12 @@ data-replicates: setup
 
 site:
 	rm -rf _build/html _build/.doctrees
+	$(PY) scripts/stamp_footer.py $(SRC)/_config.yml
 	$(JB) build $(SRC) --path-output . --builder html
 
 site-strict:
 	rm -rf _build/html _build/.doctrees
+	$(PY) scripts/stamp_footer.py $(SRC)/_config.yml
 	$(JB) build $(SRC) --path-output . --builder html -W --keep-going
 
 # Copy the figure of the cell tagged `readme-figure` (from the last chapter run) next to the README.
