@@ -153,3 +153,21 @@ def test_replicate_backbones_in_files_of_their_own_join_their_chapter(tmp_path, 
     write("ch6_suite_backbone1_tuned.json", {**r6, "config": {**r6["config"], "backbone_seed": 1}})
     out = findings.load_results(tmp_path, load=load)
     assert set(findings.per_backbone(out[6])) == {1}  # the suite replaces the older design; tuned files stay out
+
+
+def test_every_link_points_at_a_section_of_its_chapter(results):
+    import json
+    import pathlib
+
+    book = pathlib.Path(__file__).resolve().parent.parent / "book"
+
+    def anchors(page):
+        cells = json.loads((book / f"{page}.ipynb").read_text())["cells"]
+        heads = [line.lstrip("#").strip() for c in cells if c["cell_type"] == "markdown"
+                 for line in "".join(c["source"]).splitlines() if line.startswith("#")]
+        return {re.sub(r"[^a-z0-9]+", "-", h.lower()).strip("-") for h in heads}  # the ids Sphinx gives headings
+
+    for row in findings.chapter4_rows(results[4]) + findings.chapter6_rows(results[6]):
+        page, anchor = row.link.split(".html#")
+        assert anchor in anchors(page), f"{row.link}: no such section in book/{page}.ipynb"
+    assert "what-we-found" in anchors(findings.PAGES[5])

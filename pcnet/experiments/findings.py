@@ -67,10 +67,10 @@ def chapter4_rows(result: dict) -> list[Row]:
     """Dynamics t=T − t=0 and − each control at the main σ, paper values, on every backbone with the runs."""
     cond = dynamics_report.main_condition(result)
     label = dynamics_report.study.label(cond)
-    noise = Row("noise", 4, f"{label}: dynamics t=T − t=0 (paper values)", "replication-over-backbones",
+    noise = Row("noise", 4, f"{label}: dynamics t=T − t=0 (paper values)", "replication-over-backbones-and-noise-draws",
                 "t=T − t=0")
     rows = {c: Row("content", 4, f"{label}: dynamics − {dynamics_report.study.CONTROL_NAMES[c]} (paper values)",
-                   "replication-over-backbones", f"dynamics − {c}") for c in CONTROLS}
+                   "replication-over-backbones-and-noise-draws", f"dynamics − {c}") for c in CONTROLS}
     for seed in result["config"]["backbone_seeds"]:
         key = f"run/paper/{seed}/{dynamics_report.cond_key(cond)}/"
         if key + "prediction" not in result["chunks"]:
