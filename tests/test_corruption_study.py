@@ -171,3 +171,17 @@ def test_best_method_needs_five_batch_orders():
     assert "TENT, is the best method (over 5 batch orders)" in R.best_method(fam, summary="mCE", batch_orders=5)
     fam[-1] = v("mCE: TENT - BN adaptation", -0.3, 0.2)
     assert "is not distinguishable from the runner-up" in R.best_method(fam, summary="mCE")
+
+
+def test_partial_study_never_writes_the_committed_file(tmp_path):
+    """Issue 20: `--names gaussian_noise --per-class 1` without --out overwrote data/results/ch5_corruptions.json."""
+    before = S.RESULT_PATH.read_bytes()
+    for argv in (["--names", "gaussian_noise", "--per-class", "1"],
+                 ["--names", "gaussian_noise", "--per-class", "1", "--out", str(S.RESULT_PATH)],
+                 ["--out", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            S.main(argv)
+        assert exit_info.value.code == 2
+    assert S.RESULT_PATH.read_bytes() == before
+    assert S.committed_path(S.StudyConfig(backbone_seed=1), ("paper",)).name == "ch5_corruptions_backbone1.json"
+    assert S.committed_path(S.StudyConfig(per_class=1), ("paper", "tuned")) is None

@@ -182,3 +182,45 @@ def test_damaged_cached_data_file_names_the_file_and_the_fix(tmp_path, content):
         (tmp_path / f"{name}.gz").write_bytes(raw)
     with pytest.raises(RuntimeError, match=r"t10k-images-idx3-ubyte.gz cannot be read.*truncated or not gzip.*Delete it"):
         data.fashion_mnist(split="test", root=tmp_path)
+
+
+def test_a_save_to_a_folder_stops_before_its_commit_point(tmp_path):
+    """Issue 20: a folder as target failed after the commit point and left MANIFEST.json.pending, which then blocked
+    every load and save in that folder."""
+    from pcnet.experiments import weights
+    (tmp_path / "out.json").mkdir()
+    (tmp_path / "w.pt").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder; give a file path"):
+        weights.save_json_result(tmp_path / "out.json", {"a": 1}, command="test", seed=0)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        weights.save_weights(tmp_path / "w.pt", {"w": torch.zeros(1)}, command="test", seed=0)
+    assert not list(tmp_path.glob("*.pending")) and not list(tmp_path.glob(".*.tmp"))
+    weights.save_json_result(tmp_path / "ok.json", {"a": 1}, command="test", seed=0)  # the folder is not blocked
+    assert weights.load_json_result(tmp_path / "ok.json") == {"a": 1}
+
+
+def test_a_blocked_journal_names_the_file_and_the_fix(tmp_path):
+    from pcnet.experiments import files, models, weights
+    weights.save_json_result(tmp_path / "ok.json", {"a": 1}, command="test", seed=0)
+    staged, blocker = tmp_path / ".x.tmp", tmp_path / "x.json"
+    staged.write_text("{}")
+    blocker.mkdir()  # a folder where the journal wants to put a file
+    (blocker / "f").write_text("")
+    (tmp_path / "MANIFEST.json.pending").write_text(json.dumps([[str(staged), str(blocker)]]))
+    with pytest.raises(files.JournalError, match=r"cannot be replaced.*move .*x.json out of the way.*deleting "
+                                                 r".*MANIFEST.json.pending"):
+        weights.load_json_result(tmp_path / "ok.json")
+    with pytest.raises(files.JournalError):  # the reference loaders pass it on instead of "retrain the weights"
+        models._load(tmp_path / "ok.json", "run `python -m pcnet.experiments.train backbone`")
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    import os
+    from pcnet.experiments import weights
+    old = os.umask(0o022)
+    try:
+        weights.save_weights(tmp_path / "w.pt", {"w": torch.zeros(1)}, command="test", seed=0)
+    finally:
+        os.umask(old)
+    for name in ("w.pt", "w.json", "MANIFEST.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

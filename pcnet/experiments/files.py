@@ -52,10 +52,26 @@ def atomic_path(path):
         tmp.unlink(missing_ok=True)
 
 
+class JournalError(OSError):
+    """A save stopped after its commit point and its journal cannot be finished; the message names the journal,
+    the target that blocks it and how to clear it."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temporary(path: pathlib.Path) -> pathlib.Path:
+    """A unique temporary file beside ``path``, with the permissions a plain ``open(path, "w")`` would give (mkstemp
+    makes 0600 files: saved weights and manifests were unreadable to others on a shared machine)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path to write (e.g. {path / 'result.json'})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     return pathlib.Path(tmp)
 
 
@@ -102,9 +118,21 @@ def roll_forward(journal) -> bool:
     journal = pathlib.Path(journal)
     if not journal.exists():
         return False
-    for tmp, target in json.loads(journal.read_text()):
+    try:
+        pairs = json.loads(journal.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise JournalError(f"the save journal {journal} is damaged ({err}); delete it (the files it lists keep their "
+                           "content from before that save, or are already new)") from err
+    for tmp, target in pairs:
         if os.path.exists(tmp):
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError as err:
+                raise JournalError(
+                    f"an earlier save stopped after its commit point and cannot finish: {target} cannot be replaced "
+                    f"({type(err).__name__}: {err}). Fix: move {target} out of the way and run the command again (the "
+                    f"save then completes), or abandon that save by deleting {journal} and the staged files it lists "
+                    f"(.*.tmp beside each target)") from err
     journal.unlink()
     return True
 

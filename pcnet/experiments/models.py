@@ -149,8 +149,12 @@ def _load(path: Path, fix: str) -> dict:
 
     if not path.exists():
         raise FileNotFoundError(f"reference weights {path} are missing; to recreate them {fix}")
+    from pcnet.experiments.files import JournalError
+
     try:
         return load_weights(path)
+    except JournalError:
+        raise  # an unfinished save blocks the folder: its message names the file and the fix (not a retrain)
     except Exception as exc:  # corrupt file or sha256 mismatch
         raise RuntimeError(f"could not load reference weights {path} ({exc}); to recreate them {fix}") from exc
 
