@@ -43,8 +43,14 @@ def _recomputed(results) -> set[str]:
     (not through findings), Holm-corrected per claim, formatted; plus the numbers of the studies' configs."""
     by_claim = {c.key: [] for c in findings.CLAIMS}
     r4 = results[4]
-    cond = dynamics_report.main_condition(r4)
-    for seed in r4["config"]["backbone_seeds"]:
+    if "replication" in r4:  # chapter 4's replication over backbones and noise draws is its source
+        from pcnet.experiments import replication
+
+        for name, family in replication.families(r4["replication"]).items():
+            by_claim["noise" if "t=T − t=0" in name else "content"] += family
+        r4 = {"config": {}, "chunks": {}}
+    cond = dynamics_report.main_condition(r4) if r4["chunks"] else None
+    for seed in r4["config"].get("backbone_seeds", []):
         dyn = dynamics_report.outcomes(r4, "paper", cond, "prediction", seed=seed)
         by_claim["noise"].append(V.paired_proportions(dyn["T"], dyn["t0"], contrast=""))
         for c in findings.CONTROLS:
@@ -63,7 +69,7 @@ def _recomputed(results) -> set[str]:
     for family in by_claim.values():
         allowed |= set().union(*(_formats(v) for v in V.holm_family(family)))  # Holm over the claim
     for r in results.values():
-        allowed |= _config_numbers(r["config"])
+        allowed |= _config_numbers(r["config"]) | _config_numbers(r.get("replication", {}).get("config", {}))
     return allowed
 
 
@@ -171,3 +177,34 @@ def test_every_link_points_at_a_section_of_its_chapter(results):
         page, anchor = row.link.split(".html#")
         assert anchor in anchors(page), f"{row.link}: no such section in book/{page}.ipynb"
     assert "what-we-found" in anchors(findings.PAGES[5])
+
+
+def test_chapter4_replication_is_the_source_once_committed(tmp_path, results):
+    import dataclasses
+    import json
+
+    import torch
+
+    from pcnet.experiments import dynamics_study, replication
+
+    g = torch.Generator().manual_seed(0)
+    cfg = {**dataclasses.asdict(replication.SMOKE), "n_test": 50, "backbones": [0, 2]}
+    runs = [{"backbone": b, "draw": d, "method": m,
+             **{f: dynamics_study.pack(torch.rand(50, generator=g) < (0.9 if m == "prediction" else 0.6))
+                for f in (("t0", "T") if m == "prediction" else ("T",))}}
+            for b in cfg["backbones"] for d in range(cfg["draws"]) for m in replication.METHODS]
+    rep = {"config": cfg, "runs": runs}
+    (tmp_path / "ch4_dynamics.json").write_text(json.dumps({"result": results[4]}))
+    (tmp_path / findings.REPLICATION).write_text(json.dumps({"result": rep}))
+    out = findings.load_results(tmp_path, load=lambda p: json.loads(p.read_text())["result"])
+    assert out[4]["replication"] == rep and out[4]["config"] == results[4]["config"]  # both kept
+    rows = findings.rows({4: out[4]})
+    noise = next(r for r in rows if r.claim == "noise")
+    assert set(noise.verdicts) == {0, 2} and "2 noise draws" in noise.contrast
+    expected = replication.families(rep)["dynamics t=T − t=0"]
+    assert [noise.verdicts[b].estimate for b in (0, 2)] == [v.estimate for v in expected]
+    assert {r.short for r in rows if r.claim == "content"} == {"dynamics − zero-prediction", "dynamics − shuffled "
+                                                                "prediction", "dynamics − mean prediction",
+                                                                "dynamics − fixed-point rescale"}
+    page = findings.page(rows)
+    assert "not tested" in page and findings.cell(noise.verdicts[2]) in page  # backbone 1 absent: not tested

@@ -22,6 +22,7 @@ BACKBONES = (0, 1, 2)
 CONTROLS = ("zero", "shuffled", "mean", "rescale")
 FILES = {4: "ch4_dynamics.json", 5: "ch5_corruptions.json", 6: "ch6_robustness.json"}
 PAGES = {4: "04_dynamics", 5: "05_corruptions", 6: "06_adversarial"}
+REPLICATION = "ch4_replication.json"  # chapter 4's main contrasts on every backbone over several noise draws
 # replicate backbones' result files: (glob, whether they replace the chapter's main file rather than add to it)
 REPLICATES = {5: ("ch5_corruptions_backbone[0-9]*.json", False), 6: ("ch6_suite_backbone[0-9]*_paper.json", True)}
 
@@ -84,6 +85,23 @@ def chapter4_rows(result: dict) -> list[Row]:
     return [noise, *rows.values()]
 
 
+def chapter4_replication_rows(result: dict) -> list[Row]:
+    """Chapter 4's replication study (:mod:`replication`: every backbone over several noise draws, paired t over
+    images): dynamics t=T − t=0 and − each control at σ, paper values, per backbone."""
+    from . import replication
+
+    cfg, out = result["config"], []
+    for name, family in replication.families(result).items():
+        claim = "noise" if "t=T − t=0" in name else "content"
+        short = "t=T − t=0" if claim == "noise" else name.removesuffix(" (t=T)")
+        row = Row(claim, 4, f"Gaussian σ={cfg['sigma']:g}: {name} (paper values, {cfg['draws']} noise draws)",
+                  "replication-over-backbones-and-noise-draws", short)
+        for b, v in zip(cfg["backbones"], family):
+            row.verdicts[b] = replace(v, contrast=row.contrast, p_holm=None)  # Holm again over the claim (rows)
+        out.append(row)
+    return out
+
+
 def chapter5_rows(result: dict, *, n_boot: int = 2000) -> list[Row]:
     """mCE of the dynamics (paper values) relative to t = 0, and the dynamics minus each control, per backbone."""
     from .corruption_study import load_study
@@ -120,7 +138,8 @@ def chapter6_rows(result: dict) -> list[Row]:
 def rows(results: dict, *, n_boot: int = 2000) -> list[Row]:
     """Every row of the page from {chapter: result} (a chapter absent from ``results`` is left out), each claim's
     verdicts over all its rows and backbones Holm-corrected as one family."""
-    makers = {4: chapter4_rows, 5: lambda r: chapter5_rows(r, n_boot=n_boot), 6: chapter6_rows}
+    makers = {4: lambda r: chapter4_replication_rows(r["replication"]) if "replication" in r else chapter4_rows(r),
+              5: lambda r: chapter5_rows(r, n_boot=n_boot), 6: chapter6_rows}
     out = [row for ch in sorted(results) for row in makers[ch](results[ch])]
     for claim in CLAIMS:
         cells = [(row, seed) for row in out if row.claim == claim.key for seed in sorted(row.verdicts)]
@@ -133,7 +152,9 @@ def rows(results: dict, *, n_boot: int = 2000) -> list[Row]:
 
 def load_results(folder=None, *, load=None) -> dict:
     """{chapter: result} of the committed result files under ``folder`` (default ``data/results``), each read by
-    ``load`` (default: sha256-checked :func:`weights.load_json_result`). Replicate backbones in files of their own
+    ``load`` (default: sha256-checked :func:`weights.load_json_result`). Chapter 4's replication study
+    (:data:`REPLICATION`), once committed, is its source (as ``result["replication"]``: every backbone over
+    several noise draws) instead of the single draw of ``ch4_dynamics.json``. Replicate backbones in files of their own
     join their chapter as ``{"backbones": ...}`` (:data:`REPLICATES`): chapter 5's add to ``ch5_corruptions.json``;
     chapter 6's shared-suite files, once any exists, replace ``ch6_robustness.json`` (one design for every backbone)."""
     import pathlib
@@ -143,6 +164,8 @@ def load_results(folder=None, *, load=None) -> dict:
 
     folder, load = pathlib.Path(folder or DATA_DIR / "results"), load or weights.load_json_result
     out = {ch: load(folder / name) for ch, name in FILES.items() if (folder / name).exists()}
+    if (folder / REPLICATION).exists():  # chapter 4's replication over backbones and noise draws supersedes one draw
+        out[4] = {**out.get(4, {}), "replication": load(folder / REPLICATION)}
     for ch, (pattern, replaces) in REPLICATES.items():
         extra = sorted(folder.glob(pattern))
         if not extra:
