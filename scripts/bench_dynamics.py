@@ -2,12 +2,15 @@
 
     python scripts/bench_dynamics.py [--threads 2] [--repeats 9] [--which shallow vgg16 effnetb0] [--profile]
     python scripts/bench_dynamics.py --device cuda --amp --which vgg16 effnetb0 --batch 64   # on a GPU
+    python scripts/bench_dynamics.py --device cuda --precision fp32 bf16 fp16 --which vgg16 effnetb0 --json OUT
 
 (a) the shallow CIFAR network of the Predify follow-up (batch 128, 32x32, T=10);
 (b) PVGG16 with the paper's decoders (batch 2 on the CPU, 64 on a GPU; 224x224, T=3);
 (c) PEfficientNetB0 (torchvision B0) with the authors' PCoder positions and decoders (batch 8 / 64, T=3).
 Untrained weights (costs do not depend on them). ``--device cuda`` synchronises the GPU around every timed call;
-``--amp`` runs under bf16 autocast (``pcnet.experiments.devices.autocast``); ``--batch`` overrides the batches.
+``--amp`` runs under bf16 autocast (``pcnet.experiments.devices.autocast``); ``--precision`` runs each listed
+precision on the same network and images and reports the top-1 agreement with fp32 at every timestep (the
+lowest over t); ``--json`` writes the results; ``--batch`` overrides the batches.
 Per-timestep cost = (time of T steps - time of the t=0 pass) / T, divided by the backbone's own forward
 time; "first call" = extra time of the first call after construction beyond a warm call of the same size.
 Backbone, t=0 and T-step runs take turns within each repeat (a slow spell of a shared machine hits all three).
@@ -101,17 +104,30 @@ def suffix_macs(suffix, h: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def bench(name, build, *, batch, timesteps, repeats, profile=False, device="cpu", amp=False):
+def bench(name, build, *, batch, timesteps, repeats, profile=False, device="cpu", amp=False, precisions=None):
+    """Per-step cost relative to the backbone; with ``precisions`` a dict per precision: ``rel`` (that ratio),
+    ``per_step_ms``, ``agreement`` (lowest top-1 agreement with fp32 over t = 0..T; fp32 itself 1.0)."""
     torch.manual_seed(0)
     start = CLOCK()
     net = build().to(device)
     construct = CLOCK() - start
     x = torch.rand(batch, *net.input_shape, device=device)  # (B, C, H, W)
-    with devices.autocast(device, "bf16") if amp else contextlib.nullcontext():
-        return _bench_runs(name, net, x, timesteps=timesteps, repeats=repeats, profile=profile, construct=construct)
+    if precisions is None:
+        with devices.autocast(device, "bf16") if amp else contextlib.nullcontext():
+            return _bench_runs(name, net, x, timesteps=timesteps, repeats=repeats, profile=profile, construct=construct)
+    out, ref = {}, net(x, timesteps=timesteps).float().argmax(-1)  # (T+1, B) fp32 classes
+    for precision in precisions:
+        with devices.autocast(device, None if precision == "fp32" else precision):
+            rel, step = _bench_runs(name, net, x, timesteps=timesteps, repeats=repeats, profile=profile,
+                                    construct=construct, with_step=True)
+            classes = net(x, timesteps=timesteps).float().argmax(-1)  # (T+1, B)
+        agreement = float((classes == ref).float().mean(-1).min())
+        print(f"  {precision}: top-1 agreement with fp32, lowest over t = 0..{timesteps}: {agreement:.3f}")
+        out[precision] = {"rel": rel, "per_step_ms": step * 1e3, "agreement": agreement, "batch": batch}
+    return out
 
 
-def _bench_runs(name, net, x, *, timesteps, repeats, profile, construct):
+def _bench_runs(name, net, x, *, timesteps, repeats, profile, construct, with_step=False):
     batch = x.shape[0]
     SYNC()
     start = CLOCK()
@@ -127,7 +143,7 @@ def _bench_runs(name, net, x, *, timesteps, repeats, profile, construct):
     decoder_macs = sum(conv_macs(d, s) for d, s in zip(net.decoders, states))
     executed_macs = sum(executed_decoder_macs(d, s) for d, s in zip(net.decoders, states))
     print(f"[{name}] batch {batch}, input {net.input_shape}, T={timesteps}, repeats {repeats}, {x.device}, "
-          f"{'bf16 autocast' if torch.is_autocast_enabled(x.device.type) else 'fp32'}")
+          f"{str(torch.get_autocast_dtype(x.device.type)).removeprefix('torch.') + ' autocast' if torch.is_autocast_enabled(x.device.type) else 'fp32'}")
     print(f"  construction (probe, decoders, exact projective fields): {construct:.3f} s")
     print(f"  backbone forward: {backbone * 1e3:.1f} ms; t=0 pass through pcnet: {t0 * 1e3:.1f} ms")
     print(f"  T={timesteps} run: {full * 1e3:.1f} ms; per timestep: {per_step * 1e3:.1f} ms "
@@ -143,7 +159,7 @@ def _bench_runs(name, net, x, *, timesteps, repeats, profile, construct):
         with torch.profiler.profile(record_shapes=True) as prof:
             net(x, timesteps=timesteps)
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
-    return per_step / backbone
+    return (per_step / backbone, per_step) if with_step else per_step / backbone
 
 
 def main(argv=None):
@@ -157,6 +173,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--batch", type=int, default=None, help="batch of every network (default: per network)")
+    parser.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
+                        help="run each precision and compare its top-1 with fp32's")
+    parser.add_argument("--timesteps", type=int, default=None, help="T of every network (default: per network)")
+    parser.add_argument("--json", default=None, help="write {network: {precision: result}} to this file")
     args = parser.parse_args(argv)
     device = devices.resolve(args.device, name="--device")
     torch.set_num_threads(args.threads)
@@ -170,12 +190,19 @@ def main(argv=None):
     runs = {"shallow": ("shallow CIFAR net", lambda: presets.pshallow_cifar(beta=0.8, lam=0.1, alpha=0.01), 128, 10),
             "vgg16": ("PVGG16", lambda: presets.pvgg16(beta=0.8, lam=0.1, alpha=0.01), 2, 3),
             "effnetb0": ("PEfficientNetB0", lambda: presets.pefficientnet_b0(backend="torchvision"), 8, 3)}
+    results = {}
     for key in args.which:
         name, build, batch, timesteps = runs[key]
         if device.type == "cuda" and key != "shallow":
             batch = 64
-        bench(name, build, batch=args.batch or batch, timesteps=timesteps, device=device, amp=args.amp,
-              repeats=args.repeats if key == "shallow" else max(1, args.repeats // 2), profile=args.profile)
+        results[name] = bench(name, build, batch=args.batch or batch, timesteps=args.timesteps or timesteps,
+                              device=device, amp=args.amp, precisions=args.precision, profile=args.profile,
+                              repeats=args.repeats if key == "shallow" else max(1, args.repeats // 2))
+    if args.json:
+        import json
+        import pathlib
+        pathlib.Path(args.json).write_text(json.dumps({"device": gpu, "results": results}, indent=1) + "\n")
+    return results
 
 
 if __name__ == "__main__":
