@@ -433,3 +433,12 @@ def test_invalid_hyperparameters_load_nothing_through_a_holding_module():
     with pytest.raises(RuntimeError, match=r"beta \+ lam must be <= 1.*nothing was loaded"):
         holder.load_state_dict(state, strict=False)
     assert all(torch.equal(before[k], v) for k, v in holder.state_dict().items())
+
+
+def test_corruptions_module_without_its_extras_names_the_install_command(monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    monkeypatch.delitem(sys.modules, "pcnet.experiments.corruptions", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r"corruptions needs the optional package 'cv2'.*pcnet\[book\]"):
+        importlib.import_module("pcnet.experiments.corruptions")

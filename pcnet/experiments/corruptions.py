@@ -25,12 +25,8 @@ import os
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
-from scipy.ndimage import map_coordinates, zoom as scizoom
-from skimage.filters import gaussian
 
 from .corruption_names import ALL, COMMON, EXTRA, FAMILIES, SEVERITIES  # noqa: F401 (public names, kept here)
 from .corruption_names import check as _check, check_names
@@ -39,6 +35,13 @@ from .files import locked, save_torch_atomic, sha256_file, write_text_atomic
 # the published CIFAR-10-C / ImageNet-C sets live in published.py; their names stay available from here
 from .published import (ARCHIVE_MD5, CIFAR10_C_URL, IMAGENET_C_URLS, download_cifar10_c,  # noqa: F401
                         download_imagenet_c, load_cifar10_c, load_imagenet_c)
+
+# the book's extras this module needs (a missing one names its install command: experiments.optional)
+cv2 = require("cv2", purpose="pcnet.experiments.corruptions")
+Image = require("PIL.Image", purpose="pcnet.experiments.corruptions")
+map_coordinates, scizoom = (getattr(require("scipy.ndimage", purpose="pcnet.experiments.corruptions"), f)
+                            for f in ("map_coordinates", "zoom"))
+gaussian = require("skimage.filters", purpose="pcnet.experiments.corruptions").gaussian
 
 SIZE = 32  # the CIFAR-10-C constants are calibrated for 32x32 images
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from matplotlib.ticker import MaxNLocator
 
 from .optional import require
 from . import dynamics_study as study
@@ -162,7 +161,8 @@ def plot_accuracy(result: dict, values: str, axes) -> None:
         for mode in study.MODES:
             curve = accuracy_curve(result, values, cond, mode)
             ax.plot(np.arange(len(curve)), curve, label=names[mode], color=colors[mode])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(require("matplotlib.ticker", purpose="dynamics_report.plot_accuracy")
+                                   .MaxNLocator(integer=True))
         ax.axhline(float(accuracy_curve(result, values, cond, "rescale")), color=plotting.color("rescaled"), ls="--",
                    label="fixed-point rescale")
         ax.set_title(study.label(cond), fontsize=10)
