@@ -6,7 +6,10 @@ onto ``net.decoders`` through :data:`ORIGINAL_LAYOUT` (an explicit table: nothin
 Accepted checkpoint forms (see :func:`load_feedback`): a whole network's state dict (``backbone.*`` and other
 non-PCoder entries are ignored), optionally under ``state_dict``/``model`` or with DataParallel's ``module.``
 prefix; or one file per PCoder holding that PCoder's ``pmodule`` state dict (keys ``weight``, ``0.weight``, ...,
-or ``{"pcoderweights": {"pmodule.0.weight": ...}}``).
+or ``{"pcoderweights": {"pmodule.0.weight": ..., "C_sqrt": ...}}`` as the authors' trainer saves a PCoderN).
+PVGG16's PCoder 1 is accepted both as a bare ConvTranspose2d (``pcoder1.pmodule.weight``) and as their June-2021
+instance's ``Sequential(ConvTranspose2d)`` (``pcoder1.pmodule.0.weight``; :data:`ALIASES`). Every refusal names
+what was found and what was expected.
 
 Two differences from the original package are handled here and stated:
 
