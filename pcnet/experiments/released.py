@@ -29,7 +29,7 @@ import re
 
 import torch
 
-__all__ = ["ORIGINAL_LAYOUT", "Remote", "original_to_pcnet", "load_feedback", "read_checkpoint"]
+__all__ = ["ORIGINAL_LAYOUT", "ALIASES", "Remote", "original_to_pcnet", "load_feedback", "read_checkpoint"]
 
 # original module prefix -> pcnet decoders prefix; each has a ``.weight`` and a ``.bias`` tensor.
 ORIGINAL_LAYOUT: dict[str, dict[str, str]] = {
