@@ -27,6 +27,8 @@ ANSWERS = {
     "ch1.mean_scale_ratio": Answer(200 / math.sqrt(2), "default error scale / 'mean' scale (batch of 100)"),
     "ch1.largest_alpha": Answer(2 * math.sqrt(2) / 2.5, "largest stable alpha at beta = lam = 0"),
     "ch1.rectified_top": Answer(0.0, "e_2(20) of the rectified network on -x"),
+    "ch2.block1_macs": Answer([16 * 28 * 28 * 9, 16 * 28 * 28 * 16 * 9],
+                              "multiply-adds per image of block 1's two convolutions", rtol=0, atol=0.5),
 }
 
 
