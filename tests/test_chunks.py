@@ -103,3 +103,24 @@ def test_reference_inputs_hash_the_weights_and_name_the_data():
     d = chunks.reference_inputs(backbone_seed=1, decoder_seed=0)
     assert set(d) >= {"backbone", "decoders", "fashion-mnist/t10k-images-idx3-ubyte"}
     assert d["backbone"] != chunks.reference_inputs(backbone_seed=2)["backbone"]
+
+
+def test_a_smoke_run_keeps_its_chunks_out_of_the_committed_folder(tmp_path, monkeypatch):
+    """The committed chunk folder holds committed configurations only (a smoke run once wrote 20 tiny chunks there)."""
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "data")
+    committed = tmp_path / "data" / "chunks" / "study"
+    out = tmp_path / "scratch" / "r.json"
+    assert chunks.chunk_folder(None, default=committed, committed=True, out=out) == committed
+    assert chunks.chunk_folder(None, default=committed, committed=False, out=out) == tmp_path / "scratch" / "r.json.chunks"
+    assert chunks.chunk_folder(tmp_path / "c", default=committed, committed=False, out=out) == tmp_path / "c"
+    with pytest.raises(ValueError, match="keeps the committed studies' chunks"):
+        chunks.chunk_folder(committed, default=committed, committed=False, out=out)
+
+
+def test_replication_smoke_cli_writes_nothing_under_data_chunks(tmp_path):
+    from pcnet.experiments import replication
+    assert replication.main(["--smoke", "--out", str(tmp_path / "r.json")]) == 0
+    after = sorted(p.name for p in replication.CHUNK_DIR.glob("*")) if replication.CHUNK_DIR.exists() else []
+    smoke = [p for p in (tmp_path / "r.json.chunks").glob("*.json")]
+    assert len(smoke) == 2 * 2 * len(replication.METHODS)
+    assert not {p.name for p in smoke} & set(after)  # the smoke chunks (other keys) are not in the committed folder

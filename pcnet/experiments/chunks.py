@@ -204,3 +204,21 @@ def reference_inputs(*, backbone_seed: int = 0, decoder_seed: int = 0, splits=("
         for part in data._FASHION_FILES[split]:
             digests[f"fashion-mnist/{part}"] = data._FASHION_SHA256[part]
     return digests
+
+
+def chunk_folder(requested, *, default, committed: bool, out) -> pathlib.Path:
+    """Where a CLI keeps its chunks. The committed folder (``default``, under ``data/chunks``) holds chunks of the
+    committed configuration only: another configuration (a smoke run, a subset) uses ``requested`` or, by default, a
+    scratch folder beside its ``out`` (``<out>.chunks``); naming a folder under ``data/chunks`` for it is refused."""
+    from .data import DATA_DIR
+
+    if committed:
+        return pathlib.Path(requested or default).expanduser()
+    if requested is None:
+        return pathlib.Path(str(pathlib.Path(out).expanduser()).rstrip("/") + ".chunks")
+    requested = pathlib.Path(requested).expanduser()
+    if _inside(requested, DATA_DIR / "chunks"):
+        raise ValueError(f"--cache {requested} is inside {DATA_DIR / 'chunks'}, which keeps the committed studies' chunks, "
+                         "but this run is not the committed configuration; give --cache a scratch folder (or leave it "
+                         "out: the chunks then go beside --out)")
+    return requested

@@ -312,14 +312,15 @@ def main(argv=None) -> None:
         parser.error("this is not a committed configuration (other sizes, a subset of corruptions or value sets): "
                      "give it a scratch result file with --out, e.g. --out /tmp/ch5.json")
     out = args.out or target
+    committed = target is not None and pathlib.Path(out).resolve() == target.resolve()
     try:  # before any compute
-        chunks.check_output(out, kind="file", committed=target is not None and pathlib.Path(out).resolve()
-                            == target.resolve())
+        chunks.check_output(out, kind="file", committed=committed)
+        chunk_dir = chunks.chunk_folder(args.chunk_dir, default=CHUNK_DIR, committed=committed, out=out)
     except ValueError as err:
         parser.error(str(err))
     tuned, tuned_sha = read_tuned(args.tuned)
     value_sets = {k: {"paper": PAPER, "tuned": tuned}[k] for k in names}
-    result = run_study(config, value_sets, chunk_dir=args.chunk_dir, log=lambda m: print(m, flush=True),
+    result = run_study(config, value_sets, chunk_dir=chunk_dir, log=lambda m: print(m, flush=True),
                        device=args.device)
     result["tuned_hparams"] = {"file": args.tuned.name, "sha256": tuned_sha}
     command = "python -m pcnet.experiments.corruption_study " + " ".join(argv if argv is not None else sys.argv[1:])

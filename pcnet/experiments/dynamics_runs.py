@@ -326,8 +326,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pcnet.experiments.dynamics_runs", description=main.__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny parameters (tests); results go to --out")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="results folder (default: data/results)")
-    parser.add_argument("--cache", type=pathlib.Path, default=DATA_DIR / "chunks" / "ch4_dynamics",
-                        help="chunk folder (default: %(default)s, committed so a study is never lost)")
+    parser.add_argument("--cache", type=pathlib.Path, default=None,
+                        help="chunk folder (default: data/chunks/ch4_dynamics, committed so a study is never lost; "
+                        "with --smoke: beside --out)")
     parser.add_argument("--only", default=None, help="compute only chunks whose key starts with this (parallel "
                         "parts sharing --cache; a final run without --only assembles and saves)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is the most CPU-efficient)")
@@ -336,10 +337,12 @@ def main(argv=None) -> None:
         parser.error("--smoke writes tiny results: give it a scratch folder with --out (data/results holds the "
                      "committed ones)")
     args.out = args.out or DATA_DIR / "results"
-    from .chunks import check_output
+    from .chunks import check_output, chunk_folder
 
     try:  # before any compute: a file where the folder should be, or a committed folder for a smoke run
         check_output(args.out, kind="dir", committed=not args.smoke)
+        args.cache = chunk_folder(args.cache, default=DATA_DIR / "chunks" / "ch4_dynamics", committed=not args.smoke,
+                                  out=args.out / "chunks")
     except ValueError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)

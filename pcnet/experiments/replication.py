@@ -201,7 +201,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny configuration (seconds); needs --out")
     parser.add_argument("--out", default=None, help=f"result file (default: {RESULT_PATH})")
-    parser.add_argument("--cache", default=str(CHUNK_DIR), help="chunk folder (default: %(default)s)")
+    parser.add_argument("--cache", default=None, help=f"chunk folder (default: {CHUNK_DIR}; with --smoke: beside --out)")
     parser.add_argument("--shard", default="0/1", help="I/N: this worker runs chunks I mod N")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -211,11 +211,12 @@ def main(argv=None) -> int:
     try:
         shard = chunks.parse_shard(args.shard)
         chunks.check_output(out, kind="file", committed=not args.smoke)
+        cache = chunks.chunk_folder(args.cache, default=CHUNK_DIR, committed=not args.smoke, out=out)
     except ValueError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)
     cfg = SMOKE if args.smoke else Config()
-    result = compute(cfg, cache=args.cache, shard=shard)
+    result = compute(cfg, cache=cache, shard=shard)
     if result is None:
         print("this worker's chunks are done; others remain: rerun without --shard to assemble")
         return 0

@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help=f"result file (default: {RESULT_PATH}, with --tuned "
                                                    f"{TUNED_RESULT_PATH}, with --suite {suite_path(0, 'paper').name} "
                                                    "for backbone 0 and the paper values)")
-    parser.add_argument("--cache", default=str(CACHE_DIR), help="chunk folder (default: %(default)s)")
+    parser.add_argument("--cache", default=None, help=f"chunk folder (default: {CACHE_DIR}; with --smoke: beside --out)")
     parser.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
     parser.add_argument("--shard", default="0/1", help="I/N: run only jobs I mod N (N workers side by side)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
@@ -264,18 +264,19 @@ def main(argv=None) -> int:
     try:  # before any compute: a bad target or a committed file for another configuration stops here
         shard = chunks.parse_shard(args.shard)
         chunks.check_output(out, kind="file", committed=not args.smoke)
+        cache = chunks.chunk_folder(args.cache, default=CACHE_DIR, committed=not args.smoke, out=out)
     except ValueError as err:
         parser.error(str(err))
     if args.status:
-        for run, (done, total, cpu) in progress(config, cache=pathlib.Path(args.cache)).items():
+        for run, (done, total, cpu) in progress(config, cache=cache).items():
             print(f"{run:45s} {done}/{total} blocks" + ("" if cpu is None or not done else f", {cpu:.0f} CPU-s"))
         return 0
-    remaining = compute(config, cache=pathlib.Path(args.cache), max_jobs=args.max_jobs, shard=shard, device=args.device)
+    remaining = compute(config, cache=cache, max_jobs=args.max_jobs, shard=shard, device=args.device)
     if remaining:
         print(f"{remaining} jobs remain; rerun the same command to resume")
         return 0
     command = " ".join(["python -m pcnet.experiments.robustness_study"] + (argv if argv is not None else sys.argv[1:]))
-    result = assemble(config, cache=pathlib.Path(args.cache), device=args.device)
+    result = assemble(config, cache=cache, device=args.device)
     sha = weights.save_json_result(out, result, command=command, seed=config.attack_seed,
                                    extra={"config_digest": config.digest()})
     print(f"wrote {out} (sha256 {sha[:12]})")
