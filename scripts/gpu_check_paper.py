@@ -42,7 +42,7 @@ def config(*, smoke: bool, device, cache_dir) -> dict:
     common = dict(seed=0, batch_size="auto", attack_batch="auto", n_boot=200, cache_dir=cache_dir,
                   precision=devices.amp_precision(device))
     if smoke:
-        return dict(common, image_size=32, timesteps=1, n_eval=4, sigmas=[0.1], corruptions=["contrast", "saturate"],
+        return dict(common, image_size=32, timesteps=1, n_eval=4, sigmas=[0.1], corruptions=["saturate"],
                     severities=[1], n_corrupt=2, n_attack=2, eps=[2 / 255], attack_steps=1, ram_limit=8 * memory.GIB,
                     train=dict(epochs=1, batch_size=2, lr=1e-3, workers=0, max_steps=1))
     from pcnet.experiments.corruptions import ALL
