@@ -40,7 +40,9 @@ COMMAND = "nice -n 10 python -m pcnet.experiments.robustness_study"
 def make_study_attack(job: Job, model: nn.Module, *, seed: int):
     """The torchattacks attack of ``job`` (L-inf): APGD with (budget steps, restarts), Square with budget
     queries, or AutoAttack (version "standard")."""
-    import torchattacks as ta
+    from .optional import require
+
+    ta = require("torchattacks", purpose="chapter 6's robustness study (APGD, Square, AutoAttack)")
     if job.attack in ("apgd-ce", "apgd-dlr"):
         return ta.APGD(model, norm="Linf", eps=job.eps, steps=job.budget, n_restarts=job.restarts, seed=seed,
                        loss=job.attack[len("apgd-"):])
