@@ -76,7 +76,7 @@ class PredNet(nn.Module):
         values = {k: [round(v, 6) for v in t.tolist()] for k, t in self.hparams().items()}
         return (f"layers={self.layers}, input_shape={self.input_shape},\nbeta={values['beta']}, lam={values['lam']}, "
                 f"alpha={values['alpha']}, error_scale={self.error_scale!r}, learnable={self.hyper.learnable}"
-                + (f", update={getattr(self.update_rule, '__name__', self.update_rule)}" if self.update_rule else ""))
+                + ("" if self.update_rule is None else f", update={getattr(self.update_rule, '__name__', self.update_rule)}"))
 
     # ----------------------------------------------------------------- public API
     def forward(self, x: torch.Tensor, *, timesteps: int = 0, feedback: str = "prediction", **options) -> torch.Tensor:

@@ -79,7 +79,7 @@ def step(net, x, states, feedback, grads, coef, t, recorder, *, suffix, first_fe
 
     def replace(n, feedforward):
         net._check_order(n, len(new_states))
-        out = None if net.update_rule else dec.scratch(workspace, ("new state", n, t % 2), feedforward)  # not e_n(t)'s
+        out = None if net.update_rule is not None else dec.scratch(workspace, ("new state", n, t % 2), feedforward)
         new = net.update_state(n, states[n], feedforward=feedforward, prediction=feedback[n], error_grad=grads[n],
                                out=out, **coef["at"][n])  # (B, C_n, H_n, W_n); a custom rule returns a new tensor
         net.check_finite(new, f"state of PCoder {n} ({net.layers[n]!r})", t)
