@@ -188,7 +188,7 @@ def test_benchmark_runs_under_bf16_autocast(capsys, one_thread):
     ratio = bench_dynamics.bench("shallow", lambda: presets.pshallow_cifar(), batch=4, timesteps=2, repeats=1,
                                  device="cpu", amp=True)
     out = capsys.readouterr().out
-    assert "bf16 autocast" in out and "cpu" in out and ratio == ratio and ratio > 0  # a finite, positive cost
+    assert "bfloat16 autocast" in out and "cpu" in out and ratio == ratio and ratio > 0  # a finite, positive cost
     if not torch.cuda.is_available():  # asking for a GPU that is not there: the error names the option
         with pytest.raises(ValueError, match="--device"):
             bench_dynamics.main(["--device", "cuda", "--which", "shallow"])

@@ -165,7 +165,7 @@ def generate_imagenet_c(val_folder, *, names=ALL, severities=SEVERITIES, size: i
 
 def alexnet_ce(correct: torch.Tensor, names) -> torch.Tensor:
     """Hendrycks & Dietterich's AlexNet-normalised corruption errors from per-image correctness (..., C, S, T+1, n)
-    of the corruptions ``names``: CE_c(t) = (mean over severities of the error) / :data:`ALEXNET_ERROR`[c], for the
+    of the corruptions ``names``: CE_c(t) = (mean over severities of the error) / ``ALEXNET_ERROR[c]``, for the
     common corruptions only (the extra four have no AlexNet error); returns (..., C_common, T+1); their mean over
     corruptions is the mCE (1 = AlexNet's robustness)."""
     names = list(names)
