@@ -113,6 +113,8 @@ def test_chapter_first_code_cell_installs_only_on_colab(path):
     assert 'if "google.colab" in sys.modules' in first
     assert "https://github.com/pcnet-book/pcnet" in first
     assert "torch" not in first.replace("pcnet", ""), "the Colab cell must not touch Colab's torch"
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    assert cell["metadata"].get("tags") == ["remove-cell"], "every chapter hides its Colab cell the same way"
 
 
 def _tiny_notebook(tmp_path, source="SMOKE = False\nN = 3 if SMOKE else 5", body="print(N * 2)"):
