@@ -1,4 +1,5 @@
 """pcnet.experiments.replication: the noise-draw verdict (hand-computed), the declared rule, the smoke CLI."""
+import dataclasses
 import json
 import math
 
@@ -60,3 +61,23 @@ def test_smoke_cli_writes_every_backbone_and_draw(tmp_path):
 def test_smoke_needs_a_scratch_output():
     with pytest.raises(SystemExit):
         R.main(["--smoke"])
+
+
+def test_committed_replication_reproduces_chapter_4_on_the_shared_draws():
+    """The committed study (workers ran beside other developers' uncommitted edits: their chunks record '-dirty')
+    reproduces, image for image, every outcome it shares with chapter 4's study computed at clean revisions: backbone
+    b's draw b is chapter 4's noise draw for that backbone."""
+    from pcnet.experiments import dynamics_study as S
+    from pcnet.experiments import weights
+    rep = weights.load_json_result(R.RESULT_PATH)
+    ch4 = weights.load_json_result(R.DATA_DIR / "results" / "ch4_dynamics.json")
+    assert rep["config"] == json.loads(json.dumps(dataclasses.asdict(R.Config())))
+    o, n, shared = R.outcomes(rep), rep["config"]["n_test"], 0
+    for b in rep["config"]["backbones"]:
+        for m in R.METHODS:
+            chunk = ch4["chunks"].get(f"run/paper/{b}/gaussian-0.1/{m}")
+            for field in ("t0", "T") if chunk else ():
+                if field in chunk:
+                    assert torch.equal(o[(b, m, field)][b], S.unpack(chunk[field], n)), (b, m, field)
+                    shared += 1
+    assert shared == 17  # backbone 0: 4 feedback modes x (t0, T) + rescale; backbones 1, 2: dynamics and zero x (t0, T)
