@@ -185,3 +185,11 @@ def test_partial_study_never_writes_the_committed_file(tmp_path):
     assert S.RESULT_PATH.read_bytes() == before
     assert S.committed_path(S.StudyConfig(backbone_seed=1), ("paper",)).name == "ch5_corruptions_backbone1.json"
     assert S.committed_path(S.StudyConfig(per_class=1), ("paper", "tuned")) is None
+
+
+def test_only_committed_configurations_default_to_the_committed_chunk_folder():
+    """A smoke chapter 5 (run_study without chunk_dir) wrote tiny chunks into data/chunks/ch5_corruptions."""
+    paper = {"paper": S.PAPER}
+    assert S.store(S.StudyConfig(backbone_seed=1), paper).folder == S.CHUNK_DIR
+    assert S.store(S.StudyConfig(backbone_seed=1, names=("fog",)), paper).folder == S.CHUNK_DIR  # a share of the work
+    assert S.store(S.StudyConfig(per_class=3), paper).folder == S.DATA_DIR / "cache" / "ch5_chunks"

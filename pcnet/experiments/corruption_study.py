@@ -179,7 +179,10 @@ def store(config: StudyConfig, value_sets: dict, *, chunk_dir=None) -> chunks.Ch
     """The study's chunks (one per corruption and one for the clean images), keyed by the settings (without the
     list of corruptions: several processes may share the work), the value sets, the chunk and the files it reads."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "names"}  # one chunk per corruption
-    return chunks.ChunkStore(pathlib.Path(chunk_dir or CHUNK_DIR), study="ch5_corruptions",
+    if chunk_dir is None:  # the committed folder keeps committed configurations only (a smoke chapter's go to the cache)
+        committed = committed_path(dataclasses.replace(config, names=StudyConfig().names), tuple(value_sets))
+        chunk_dir = CHUNK_DIR if committed is not None else DATA_DIR / "cache" / "ch5_chunks"
+    return chunks.ChunkStore(pathlib.Path(chunk_dir), study="ch5_corruptions",
                              config={"settings": fields, "value_sets": value_sets}, command=COMMAND)
 
 
