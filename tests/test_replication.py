@@ -72,6 +72,7 @@ def test_committed_replication_reproduces_chapter_4_on_the_shared_draws():
     rep = weights.load_json_result(R.RESULT_PATH)
     ch4 = weights.load_json_result(R.DATA_DIR / "results" / "ch4_dynamics.json")
     assert rep["config"] == json.loads(json.dumps(dataclasses.asdict(R.Config())))
+    assert rep["inputs"] == {str(b): R.chunks.reference_inputs(backbone_seed=b) for b in (0, 1, 2)}  # today's weights
     o, n, shared = R.outcomes(rep), rep["config"]["n_test"], 0
     for b in rep["config"]["backbones"]:
         for m in R.METHODS:

@@ -149,7 +149,8 @@ def compute(cfg: Config, *, cache=CHUNK_DIR, progress: bool = True, shard: tuple
         return None
     records = [st.record(job, chunks.reference_inputs(backbone_seed=job["backbone"])) for job in todo]
     return {"config": dataclasses.asdict(cfg), "runs": [{**job, **r} for job, r in zip(todo, out.values())],
-            "cpu_seconds": round(sum(r["cpu_s"] or 0 for r in records), 1), "rule": RULE}
+            "cpu_seconds": round(sum(r["cpu_s"] or 0 for r in records), 1), "rule": RULE,
+            "inputs": {str(b): chunks.reference_inputs(backbone_seed=b) for b in cfg.backbones}}  # weights' sha256
 
 
 def outcomes(result: dict) -> dict:
