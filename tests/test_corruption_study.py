@@ -1,5 +1,6 @@
 """pcnet.experiments.corruption_study / corruption_report: storage, ordering, resumable chunks, the two summaries."""
 import json
+import pathlib
 
 import pytest
 import torch
@@ -193,3 +194,21 @@ def test_only_committed_configurations_default_to_the_committed_chunk_folder():
     assert S.store(S.StudyConfig(backbone_seed=1), paper).folder == S.CHUNK_DIR
     assert S.store(S.StudyConfig(backbone_seed=1, names=("fog",)), paper).folder == S.CHUNK_DIR  # a share of the work
     assert S.store(S.StudyConfig(per_class=3), paper).folder == S.DATA_DIR / "cache" / "ch5_chunks"
+
+
+def test_a_worker_with_part_of_the_corruptions_shares_the_committed_chunk_folder(tmp_path, monkeypatch):
+    """Two workers split a committed study with --names and scratch --out files: their chunks (keyed without the
+    list of corruptions) must land in the committed folder, where the full command then finds them; a smaller
+    configuration still keeps its chunks beside its --out."""
+    seen = []
+
+    def fake_run_study(config, value_sets, *, chunk_dir, **_):
+        seen.append(pathlib.Path(chunk_dir))
+        raise SystemExit(0)  # stop before any compute
+
+    monkeypatch.setattr(S, "run_study", fake_run_study)
+    for argv in (["--backbone-seed", "1", "--names", "fog", "snow", "--out", str(tmp_path / "w1.json")],
+                 ["--backbone-seed", "1", "--names", "fog", "--per-class", "3", "--out", str(tmp_path / "w2.json")]):
+        with pytest.raises(SystemExit):
+            S.main(argv)
+    assert seen == [S.CHUNK_DIR, tmp_path / "w2.json.chunks"]

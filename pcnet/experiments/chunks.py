@@ -218,7 +218,7 @@ def chunk_folder(requested, *, default, committed: bool, out) -> pathlib.Path:
         return pathlib.Path(str(pathlib.Path(out).expanduser()).rstrip("/") + ".chunks")
     requested = pathlib.Path(requested).expanduser()
     if _inside(requested, DATA_DIR / "chunks"):
-        raise ValueError(f"--cache {requested} is inside {DATA_DIR / 'chunks'}, which keeps the committed studies' chunks, "
-                         "but this run is not the committed configuration; give --cache a scratch folder (or leave it "
+        raise ValueError(f"the chunk folder {requested} is inside {DATA_DIR / 'chunks'}, which keeps the committed studies' chunks, "
+                         "but this run is not the committed configuration; give it a scratch folder (or leave it "
                          "out: the chunks then go beside --out)")
     return requested

@@ -316,9 +316,12 @@ def main(argv=None) -> None:
                      "give it a scratch result file with --out, e.g. --out /tmp/ch5.json")
     out = args.out or target
     committed = target is not None and pathlib.Path(out).resolve() == target.resolve()
+    # a worker of a committed study (its --names a part of every corruption) shares the committed chunk folder:
+    # chunk keys leave the list of corruptions out, so its chunks are the committed study's own
+    shares = committed_path(dataclasses.replace(config, names=StudyConfig().names), names) is not None
     try:  # before any compute
         chunks.check_output(out, kind="file", committed=committed)
-        chunk_dir = chunks.chunk_folder(args.chunk_dir, default=CHUNK_DIR, committed=committed, out=out)
+        chunk_dir = chunks.chunk_folder(args.chunk_dir, default=CHUNK_DIR, committed=committed or shares, out=out)
     except ValueError as err:
         parser.error(str(err))
     tuned, tuned_sha = read_tuned(args.tuned)
