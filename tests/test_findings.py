@@ -208,3 +208,26 @@ def test_chapter4_replication_is_the_source_once_committed(tmp_path, results):
                                                                 "dynamics − fixed-point rescale"}
     page = findings.page(rows)
     assert "not tested" in page and findings.cell(noise.verdicts[2]) in page  # backbone 1 absent: not tested
+
+
+def _effect(est, low, high, p):
+    return V.Verdict("", 2000, est, low, high, 0.5, "paired BCa", p, p_holm=p)
+
+
+def test_status_follows_the_rule_and_waits_for_untested_backbones():
+    """Declared rule (replication.RULE): every backbone significant in one direction replicates; a backbone still
+    untested leaves the contrast undecided unless the tested ones already point in opposite directions."""
+    gain, cost, none = _effect(1.0, 0.5, 1.5, 1e-4), _effect(-1.0, -1.5, -0.5, 1e-4), _effect(0.1, -0.3, 0.5, 0.6)
+    row = lambda **v: findings.Row("content", 5, "mCE: dynamics − zero", "x", "dyn − zero",
+                                   {int(k[1:]): x for k, x in v.items()})
+    assert findings.status(row(b0=gain, b1=gain, b2=gain)) == "replicates: a gain on backbones 0, 1, 2"
+    assert findings.status(row(b0=gain, b1=none, b2=gain)).startswith("backbone-dependent: a gain on backbones 0, 2")
+    assert findings.status(row(b0=gain, b1=gain)) == ("undecided until backbone 2 is tested; so far a gain on "
+                                                      "backbones 0, 1")
+    assert findings.status(row(b0=gain)) == "undecided until backbones 1, 2 are tested; so far a gain on backbone 0"
+    assert findings.status(row(b0=gain, b1=cost)).startswith("does not replicate: a gain on backbone 0; a cost")
+    assert findings.status(row()) == "not tested"
+    line = findings.replication_lines([row(b0=gain, b1=none)])[0]
+    assert line.startswith("mCE: dynamics − zero: undecided until backbone 2 is tested; so far")
+    assert "backbone 0: +1.00 [+0.50, +1.50]" in line and "backbone 1: +0.10 [-0.30, +0.50]" in line
+    assert "n = 2,000" in line and "MDE 0.50" in line

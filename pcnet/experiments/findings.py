@@ -248,6 +248,33 @@ def claim_plot(claim: Claim, rows_: list[Row]):
     return plotting.family_plot(family, title=claim.text)
 
 
+def status(row: Row, *, backbones=BACKBONES) -> str:
+    """A contrast's status under :data:`replication.RULE` from its (Holm-corrected) verdicts per backbone. While a
+    backbone is untested it is undecided, unless the tested ones already disagree in direction."""
+    from .replication import claim_status
+
+    tested = [b for b in backbones if b in row.verdicts]
+    if not tested:
+        return "not tested"
+    said = claim_status([row.verdicts[b] for b in tested], tested)
+    missing = [str(b) for b in backbones if b not in row.verdicts]
+    effects = {row.verdicts[b].effect for b in tested} - {"none", "withheld"}
+    if not missing or len(effects) > 1:
+        return said
+    return (f"undecided until backbone{'s' * (len(missing) > 1)} {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
+            f" tested; so far {said.split(': ', 1)[1]}")
+
+
+def replication_lines(rows_: list[Row], *, backbones=BACKBONES) -> list[str]:
+    """One line per contrast: its status under the rule, then every tested backbone's estimate, interval and MDE."""
+    lines = []
+    for r in rows_:
+        per = "; ".join(f"backbone {b}: {v._interval(v.unit)} (n = {v.n:,}, MDE {v.mde:.{v.digits}f}, "
+                        f"Holm p {V.format_p(v.p_holm)})" for b, v in sorted(r.verdicts.items()))
+        lines.append(f"{r.contrast}: {status(r, backbones=backbones)}. {per}")
+    return lines
+
+
 # ----------------------------------------------------------------------------- lines other chapters print
 def shrinkage_lines(result: dict) -> list[str]:
     """Chapter 4 at the paper values, for every noise condition: the dynamics against t = 0 and against the
