@@ -231,3 +231,17 @@ def test_status_follows_the_rule_and_waits_for_untested_backbones():
     assert line.startswith("mCE: dynamics − zero: undecided until backbone 2 is tested; so far")
     assert "backbone 0: +1.00 [+0.50, +1.50]" in line and "backbone 1: +0.10 [-0.30, +0.50]" in line
     assert "n = 2,000" in line and "MDE 0.50" in line
+
+
+def test_source_files_name_what_the_verdicts_come_from(tmp_path):
+    """Chapter 8 names its sources: the replication study for chapter 4 (not the single draw), chapter 5 with its
+    replicate backbones, and the suite files instead of chapter 6's first study."""
+    for name in ("ch4_dynamics.json", "ch5_corruptions.json", "ch6_robustness.json"):
+        (tmp_path / name).write_text("{}")
+    assert findings.source_files(tmp_path) == {4: ["ch4_dynamics.json"], 5: ["ch5_corruptions.json"],
+                                               6: ["ch6_robustness.json"]}
+    for name in ("ch4_replication.json", "ch5_corruptions_backbone1.json", "ch6_suite_backbone0_paper.json"):
+        (tmp_path / name).write_text("{}")
+    assert findings.source_files(tmp_path) == {4: ["ch4_replication.json"],
+                                               5: ["ch5_corruptions.json", "ch5_corruptions_backbone1.json"],
+                                               6: ["ch6_suite_backbone0_paper.json"]}

@@ -177,6 +177,25 @@ def load_results(folder=None, *, load=None) -> dict:
     return out
 
 
+def source_files(folder=None) -> dict[int, list[str]]:
+    """{chapter: names of the result files :func:`load_results` builds its verdicts from}: chapter 4's replication
+    study instead of its single-draw file once committed; chapter 5 with its replicate backbones' files; chapter 6's
+    shared-suite files instead of its first study once any exists."""
+    import pathlib
+
+    from .data import DATA_DIR
+
+    folder = pathlib.Path(folder or DATA_DIR / "results")
+    out = {ch: [name] for ch, name in FILES.items() if (folder / name).exists()}
+    if (folder / REPLICATION).exists():
+        out[4] = [REPLICATION]
+    for ch, (pattern, replaces) in REPLICATES.items():
+        extra = [p.name for p in sorted(folder.glob(pattern))]
+        if extra:
+            out[ch] = extra if replaces else out.get(ch, []) + extra
+    return out
+
+
 # ----------------------------------------------------------------------------- the page
 def cell(v: V.Verdict | None) -> str:
     """One table cell: the verdict word, the estimate and interval, n, MDE and Holm p ('not tested' for None)."""
