@@ -101,6 +101,7 @@ chapters: setup
 data: setup
 	$(PY) -m pcnet.experiments.dynamics_runs
 	$(PY) -m pcnet.experiments.replication
+	$(PY) -m pcnet.experiments.tuning_study
 	$(PY) -m pcnet.experiments.corruption_study
 	$(PY) -m pcnet.experiments.robustness_study
 	$(PY) -m pcnet.experiments.robustness_study --tuned
