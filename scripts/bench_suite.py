@@ -1,7 +1,7 @@
 """Benchmark: what chapter 6's shared, converged attack suite costs on one backbone, projected from measured steps.
 
-    python scripts/bench_suite.py [--threads 1] [--repeats 3] [--json OUT]
-    python scripts/bench_suite.py --device cuda --json OUT        # on a GPU (synchronised timings)
+    python scripts/bench_suite.py [--threads 1] [--repeats 3] [--out data/results/ch6_suite_cost.json]
+    python scripts/bench_suite.py --device cuda --out OUT        # on a GPU (synchronised timings)
 
 For every model the suite attacks (``robustness_config.Config.suite_of``: t = 0, the dynamics, the four controls
 and the BPDA variants, T = 10), on one block of the suite's images, it times one *gradient step* (forward and
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -86,7 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", default=None, help="write the measurements and the projection here")
+    p.add_argument("--out", default=None, help="write the measurements and the projection here, with provenance "
+                   "(chapter 6 reads data/results/ch6_suite_cost.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = devices.resolve(args.device)
@@ -117,10 +119,10 @@ def main(argv=None) -> dict:
               "blocks": blocks, "timesteps": config.timesteps, "config_digest": config.digest(),
               "seconds_per_block": {k: {"gradient_step": v[0], "forward": v[1]} for k, v in timing.items()},
               "by_attack": dict(by_attack), "by_model": dict(by_model), "total_s": total,
-              "machine": weights.machine_info(), "git": weights.git_revision()}
-    if args.json:
-        from pcnet.experiments import files
-        files.write_text_atomic(args.json, json.dumps(result, indent=1))
+              "load_average": list(os.getloadavg())}  # other work on the machine while it measured
+    if args.out:
+        command = "python scripts/bench_suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        weights.save_json_result(args.out, result, command=command.strip(), seed=None)
     return result
 
 
