@@ -166,6 +166,27 @@ def dominance_lines(result: dict) -> list[str]:
     return out
 
 
+def summary_lines(result: dict) -> list[str]:
+    """What the test-set family says, in words: per baseline and axis, better / worse / no detectable difference;
+    then whether the tuned dynamics are dominated (by the paired verdicts)."""
+    fam, out = family(result), []
+    for m in NAMES[1:]:
+        said = []
+        for v in fam:
+            if v.contrast.startswith(f"test set: tuned dynamics − {m},"):
+                axis = v.contrast.rsplit(", ", 1)[1]
+                how = {"gain": "better", "cost": "worse"}.get(v.effect)
+                said.append(f"{axis}: " + (f"{how} by {v._interval()} points" if how else
+                                           f"no detectable difference after Holm ({v._interval()} points, MDE {v.mde:.2f})"))
+        out.append(f"Tuned dynamics against {m} on the test set — " + "; ".join(said) + ".")
+    dom = dominance_by_verdicts(result)["tuned dynamics"]
+    out.append("The tuned dynamics are dominated (no worse on either axis and better on one, by the paired "
+               f"verdicts) by {', '.join(dom)}." if dom else
+               "No method dominates the tuned dynamics by the paired verdicts (none is significantly better on one "
+               "axis without being significantly worse on the other).")
+    return out
+
+
 def findings(result: dict) -> list[str]:
     """Every line the chapter prints, generated from the result."""
     acc = accuracies(result)
