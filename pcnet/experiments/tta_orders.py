@@ -25,6 +25,7 @@ in the committed ``data/chunks/ch5_tta_orders/``::
 
     nice -n 2 python -m pcnet.experiments.tta_orders                 # -> data/results/ch5_tta_orders.json
     nice -n 2 python -m pcnet.experiments.tta_orders --backbones 0 1 2
+    nice -n 2 python -m pcnet.experiments.tta_orders --orders 4 3 --out /tmp/w.json   # a second worker
     python -m pcnet.experiments.tta_orders --smoke --out /tmp/tta.json
 """
 from __future__ import annotations
@@ -117,8 +118,9 @@ def compute_job(job: dict, config: Config, cset: dict, *, device="cpu") -> dict:
 
 
 def _jobs(config: Config) -> list[dict]:
-    return [j for b in config.backbones for j in
-            [{"backbone": b, "part": "reference"}] + [{"backbone": b, "part": "tta", "order": o} for o in config.orders]]
+    return [j for b in config.backbones
+            for j in [{"backbone": b, "part": "reference"}, *({"backbone": b, "part": "tta", "order": o}
+                                                              for o in config.orders)]]
 
 
 def _name(job: dict) -> str:
@@ -152,6 +154,27 @@ def compute(config: Config, *, chunk_dir=CHUNK_DIR, device="cpu", log=None, prog
     return {"config": dataclasses.asdict(config), "names": list(config.names), "severities": list(cset["severities"]),
             "n": len(cset["labels"]), "indices": cset["indices"].tolist(), "labels": cset["labels"].tolist(),
             "runs": out, "cpu_seconds": round(sum(r["cpu_seconds"] for r in out), 1)}
+
+
+def committed(config: Config, *, path=RESULT_PATH) -> dict:
+    """The committed result at ``path`` (sha256-checked) after checking it holds ``config`` (its backbones among
+    the committed ones); otherwise a clear error naming the command that computes it."""
+    import json
+    import pathlib
+
+    from .weights import load_json_result
+
+    fix = f"compute it with `{COMMAND}` (resumable, one chunk per backbone x batch order)"
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"no committed TTA batch-order study at {path}: {fix}")
+    result = load_json_result(path)
+    have, want = result["config"], json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as the file's lists
+    diff = {k: (have.get(k), v) for k, v in want.items() if k != "backbones" and have.get(k) != v}
+    if set(want["backbones"]) - set(have["backbones"]):
+        diff["backbones"] = (have["backbones"], want["backbones"])
+    if diff:
+        raise ValueError(f"{path} was computed with other settings (committed, wanted): {diff}; {fix}")
+    return result
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -252,6 +275,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backbones", type=int, nargs="+", default=None,
                         help="backbone seeds (default: 0, where chapter 5's TTA claim was made)")
     parser.add_argument("--backbone-seed", type=int, default=None, help="one backbone (same as --backbones B)")
+    parser.add_argument("--orders", type=int, nargs="+", default=None,
+                        help="batch orders (default: 0-4); a worker with part of them needs a scratch --out")
     parser.add_argument("--smoke", action="store_true", help="tiny configuration (seconds); needs --out")
     parser.add_argument("--out", default=None, help=f"result file (default: {RESULT_PATH})")
     parser.add_argument("--chunk-dir", default=None, help=f"chunk folder (default: {CHUNK_DIR}; smoke: beside --out)")
@@ -263,11 +288,13 @@ def main(argv=None) -> int:
         parser.error("--smoke writes a tiny study: give it a scratch file with --out")
     backbones = tuple(args.backbones or ([args.backbone_seed] if args.backbone_seed is not None else [0]))
     config = dataclasses.replace(SMOKE if args.smoke else Config(), backbones=backbones)
+    config = dataclasses.replace(config, orders=tuple(args.orders)) if args.orders else config
     out = args.out or str(RESULT_PATH)
-    # the committed result holds backbone 0 (the chapter's); a worker for other backbones alone shares the committed
-    # chunk folder but writes its partial result to a scratch --out
+    # the committed result holds backbone 0 (the chapter's) and every order; a worker for other backbones or part of
+    # the orders shares the committed chunk folder (keys leave both lists out) but writes its result to a scratch --out
     try:
-        chunks.check_output(out, kind="file", committed=not args.smoke and 0 in backbones)
+        full = not args.smoke and 0 in backbones and config.orders == Config().orders
+        chunks.check_output(out, kind="file", committed=full)
         chunk_dir = chunks.chunk_folder(args.chunk_dir, default=CHUNK_DIR, committed=not args.smoke, out=out)
     except ValueError as err:
         parser.error(str(err))
