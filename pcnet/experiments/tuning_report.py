@@ -176,8 +176,8 @@ def summary_lines(result: dict) -> list[str]:
             if v.contrast.startswith(f"test set: tuned dynamics − {m},"):
                 axis = v.contrast.rsplit(", ", 1)[1]
                 how = {"gain": "better", "cost": "worse"}.get(v.effect)
-                said.append(f"{axis}: " + (f"{how} by {v._interval()} points" if how else
-                                           f"no detectable difference after Holm ({v._interval()} points, MDE {v.mde:.2f})"))
+                none = f"no detectable difference after Holm ({v._interval()} points, MDE {v.mde:.2f})"
+                said.append(f"{axis}: " + (f"{how} by {v._interval()} points" if how else none))
         out.append(f"Tuned dynamics against {m} on the test set — " + "; ".join(said) + ".")
     dom = dominance_by_verdicts(result)["tuned dynamics"]
     out.append("The tuned dynamics are dominated (no worse on either axis and better on one, by the paired "
@@ -206,10 +206,11 @@ def plot_tradeoff(result: dict, ax) -> None:
     acc, dominated = accuracies(result), dominance_by_verdicts(result)
     colors = {"tuned dynamics": color("pcnet"), "backbone": color("backbone"), "rescale": color("rescaled"),
               "BN adaptation": PALETTE[1], "TENT": PALETTE[2]}
+    markers = dict(zip(NAMES, "osDv^"))  # distinct shapes: close points (BN adaptation, TENT) stay visible
     for m in NAMES:
         (cx, cl, ch), (ny, nl, nh) = acc[m]["clean"], acc[m]["noisy"]
         hollow = bool(dominated[m])
-        ax.errorbar(cx, ny, xerr=[[cx - cl], [ch - cx]], yerr=[[ny - nl], [nh - ny]], fmt="o", ms=8, capsize=3,
+        ax.errorbar(cx, ny, xerr=[[cx - cl], [ch - cx]], yerr=[[ny - nl], [nh - ny]], fmt=markers[m], ms=8, capsize=3,
                     color=colors[m], mfc="white" if hollow else colors[m],
                     label=m + (f" (dominated by {', '.join(dominated[m])})" if hollow else ""))
     ax.set_xlabel("clean test accuracy (%)")
