@@ -84,14 +84,24 @@ def summary_family(study: dict, *, summary: str, n_boot: int = 2000, seed: int =
     return V.holm_family(family)
 
 
-def best_method(family: list[V.Verdict], *, summary: str, batch_orders: int = 1) -> str:
+def best_method(family: list[V.Verdict], *, summary: str, batch_orders: int = 1,
+                over_orders: list[V.Verdict] = (), orders: int = 0) -> str:
     """One sentence on the lowest-error method, decided by its Holm-corrected contrast with the runner-up.
 
     Test-time adaptation depends on the order of its batches, and the image bootstrap does not see that variance:
     with fewer than 5 batch orders (``batch_orders``) no method is called "the best" -- a significant contrast then
-    reads "ranks first on this batch order"."""
+    reads "ranks first on this batch order". ``over_orders``: verdicts measured over ``orders`` batch orders
+    (:func:`pcnet.experiments.tta_orders.over_orders`, contrasts named as the family's); when one of them is the
+    contrast of the two lowest point estimates it decides instead of the family's contrast (which stays on its
+    ``batch_orders`` otherwise)."""
     ranked = sorted((v for v in family if " - " not in v.contrast), key=lambda v: v.estimate)
     first, second = (v.contrast.removeprefix(f"{summary}: ") for v in ranked[:2])
+    for a, b in ((first, second), (second, first)):
+        try:
+            v = find(list(over_orders), f"{summary}: {a} - {b}")
+        except KeyError:
+            continue
+        return _over_orders_sentence(v, first, second, a, summary=summary, orders=orders)
     for a, b in ((first, second), (second, first)):
         try:
             v = find(family, f"{summary}: {a} - {b}")
@@ -109,8 +119,26 @@ def best_method(family: list[V.Verdict], *, summary: str, batch_orders: int = 1)
     raise KeyError(f"no contrast between {first} and {second} in the family")
 
 
-def findings(study: dict, families: dict, cells: dict, clean: list[V.Verdict]) -> list[str]:
-    """The chapter's verdict lines, each printed with n, MDE, test and Holm p (markdown bullet list)."""
+def _over_orders_sentence(v: V.Verdict, first: str, second: str, a: str, *, summary: str, orders: int) -> str:
+    """The best-method sentence decided by ``v`` (contrast ``a`` minus the other of first and runner-up)."""
+    lower = a if v.estimate < 0 else ({first, second} - {a}).pop()  # the lower error over the orders
+    if v.effect == "none":
+        verdict = f"is not distinguishable from the runner-up, {second}, over {orders} batch orders"
+    elif orders < 5:
+        verdict = (f"differs from the runner-up, {second}, over only {orders} batch orders (fewer than 5: no "
+                   f"best-method claim; the lower error: {lower})")
+    elif lower == first:
+        verdict = f"is the best method (its contrast with the runner-up, {second}, over {orders} batch orders)"
+    else:
+        verdict = (f"is not the best: over {orders} batch orders the runner-up, {second}, has the lower error "
+                   "(no best-method claim: its contrasts with the other methods rest on one batch order)")
+    return f"{summary}: the lowest point estimate on batch order 0, {first}, {verdict} ({v})"
+
+
+def findings(study: dict, families: dict, cells: dict, clean: list[V.Verdict], *, over_orders: dict | None = None,
+             orders: int = 0) -> list[str]:
+    """The chapter's verdict lines, each printed with n, MDE, test and Holm p (markdown bullet list).
+    ``over_orders``: {summary: [verdicts over ``orders`` batch orders]} for :func:`best_method`."""
     lines = []
     for summary, fam in families.items():
         for v in study["value_sets"]:
@@ -118,7 +146,7 @@ def findings(study: dict, families: dict, cells: dict, clean: list[V.Verdict]) -
             lines += [str(find(fam, f"{summary}: {v}: dynamics - {v}: {c}")) for c in ("zero", "shuffled", "mean",
                                                                                        "rescale")]
         lines += [str(find(fam, f"{summary}: {m}")) for m in ("BN adaptation", "TENT")]
-        lines += [best_method(fam, summary=summary)]
+        lines += [best_method(fam, summary=summary, over_orders=(over_orders or {}).get(summary, ()), orders=orders)]
     for v, fam in cells.items():
         c = cell_summary(fam)
         lines.append(f"{v} dynamics at T vs t = 0 in each corruption x severity cell (n = {c['n']} images each, "

@@ -257,6 +257,23 @@ def plot_verdicts(result: dict, fam: dict, *, backbone: int = 0, n_boot: int = 2
     return out
 
 
+def plot(result: dict, fam: dict, *, backbone: int = 0, n_boot: int = 2000, seed: int = 0):
+    """One forest-plot panel per summary (:func:`plotting.forest_plot`): each order, then over all orders."""
+    from . import plotting
+    plt = require("matplotlib.pyplot", purpose="tta_orders.plot")
+
+    rows = plot_verdicts(result, fam, backbone=backbone, n_boot=n_boot, seed=seed)
+    k = len(result["config"]["orders"]) + 1  # rows per summary
+    heights = [1.2 + 0.32 * k] * len(fam)
+    fig, axes = plt.subplots(len(fam), 1, squeeze=False, layout="constrained",
+                             figsize=(plotting.MAX_WIDTH, sum(heights)))
+    for i, (ax, s) in enumerate(zip(axes[:, 0], fam)):
+        group = rows[i * k:(i + 1) * k]
+        labels = [f"batch order {o}" for o in result["config"]["orders"]] + [f"over {k - 1} orders"]
+        plotting.forest_plot(group, ax=ax, labels=labels, title=f"{s}: TENT − BN adaptation, backbone {backbone}")
+    return fig
+
+
 def findings(result: dict, fam: dict, *, backbone: int = 0) -> list[str]:
     """One line per summary: the over-orders verdict, the spread over orders and the two SE parts."""
     lines = []
