@@ -177,7 +177,7 @@ def summary_lines(result: dict) -> list[str]:
                 axis = v.contrast.rsplit(", ", 1)[1]
                 how = {"gain": "better", "cost": "worse"}.get(v.effect)
                 none = f"no detectable difference after Holm ({v._interval()} points, MDE {v.mde:.2f})"
-                said.append(f"{axis}: " + (f"{how} by {v._interval()} points" if how else none))
+                said.append(f"{axis}: " + (f"{how}, {v._interval()} points" if how else none))
         out.append(f"Tuned dynamics against {m} on the test set — " + "; ".join(said) + ".")
     dom = dominance_by_verdicts(result)["tuned dynamics"]
     out.append("The tuned dynamics are dominated (no worse on either axis and better on one, by the paired "
@@ -232,7 +232,7 @@ def plot_grid(result: dict, ax) -> None:
     im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white")
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white")
     t = result["tuned"]
     ax.add_patch(Rectangle((betas.index(t["beta"]) - 0.5, lams.index(t["lam"]) - 0.5), 1, 1, fill=False, lw=2.5,
                            color="black"))
