@@ -92,6 +92,9 @@ def test_best_method_rests_on_the_over_orders_verdict():
     assert "is not the best" in other and "BN adaptation, has the lower error" in other
     few = R.best_method(fam, summary="mCE", orders=3, over_orders=[v("mCE: TENT - BN adaptation", -0.2, 0.01)])
     assert "no best-method claim" in few and "is the best" not in few
+    wider = fam + [v("mCE: paper: dynamics", 0.9, 0.5)]  # Holm within the family: 0.02 ranks 3rd of 4, x 2
+    held = R.best_method(wider, summary="mCE", orders=5, over_orders=[v("mCE: TENT - BN adaptation", -0.2, 0.02)])
+    assert "Holm p = 0.04" in held and "is the best method" in held
     unrelated = R.best_method(fam, summary="mCE", orders=5, over_orders=[v("mCE: paper: dynamics - TENT", -0.2, 0.01)])
     assert "ranks first on this batch order" in unrelated  # no over-orders verdict of this pair: the old rule
 

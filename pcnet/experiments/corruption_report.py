@@ -14,6 +14,8 @@ Nothing runs at import.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .optional import require
@@ -93,7 +95,7 @@ def best_method(family: list[V.Verdict], *, summary: str, batch_orders: int = 1,
     reads "ranks first on this batch order". ``over_orders``: verdicts measured over ``orders`` batch orders
     (:func:`pcnet.experiments.tta_orders.over_orders`, contrasts named as the family's); when one of them is the
     contrast of the two lowest point estimates it decides instead of the family's contrast (which stays on its
-    ``batch_orders`` otherwise)."""
+    ``batch_orders`` otherwise), its p Holm-corrected within the family in place of that contrast's."""
     ranked = sorted((v for v in family if " - " not in v.contrast), key=lambda v: v.estimate)
     first, second = (v.contrast.removeprefix(f"{summary}: ") for v in ranked[:2])
     for a, b in ((first, second), (second, first)):
@@ -101,6 +103,9 @@ def best_method(family: list[V.Verdict], *, summary: str, batch_orders: int = 1,
             v = find(list(over_orders), f"{summary}: {a} - {b}")
         except KeyError:
             continue
+        if any(x.contrast == v.contrast for x in family):  # Holm within the family, in place of the one-order contrast
+            v = find(V.holm_family([replace(v, p_holm=None) if x.contrast == v.contrast else x for x in family]),
+                     v.contrast)
         return _over_orders_sentence(v, first, second, a, summary=summary, orders=orders)
     for a, b in ((first, second), (second, first)):
         try:
