@@ -57,10 +57,13 @@ def _recomputed(results) -> set[str]:
             if f"run/paper/{seed}/{dynamics_report.cond_key(cond)}/{c}" in r4["chunks"]:
                 other = dynamics_report.outcomes(r4, "paper", cond, c, seed=seed)["T"]
                 by_claim["content"].append(V.paired_proportions(dyn["T"], other, contrast=""))
-    study = corruption_study.load_study(results[5])
-    by_claim["mce"].append(corruption_report.ratio_verdict(study, "paper: dynamics", summary="mCE", n_boot=N_BOOT))
-    by_claim["content"] += [corruption_report.difference_verdict(study, "paper: dynamics", f"paper: {c}", summary="mCE",
-                                                                 n_boot=N_BOOT) for c in findings.CONTROLS]
+    parts = results[5]["backbones"].values() if "backbones" in results[5] else [results[5]]  # replicates join
+    for part in parts:
+        study = corruption_study.load_study(part)
+        by_claim["mce"].append(corruption_report.ratio_verdict(study, "paper: dynamics", summary="mCE", n_boot=N_BOOT))
+        by_claim["content"] += [corruption_report.difference_verdict(study, "paper: dynamics", f"paper: {c}",
+                                                                     summary="mCE", n_boot=N_BOOT)
+                                for c in findings.CONTROLS]
     r6 = results[6]
     eps = r6["config"]["eps_main"]
     by_claim["adversarial"] += [v for v in robustness_report.timestep_family(r6) if v.contrast.startswith(f"eps = {eps:g}:")]
