@@ -103,7 +103,7 @@ data: setup
 	$(PY) -m pcnet.experiments.replication
 	$(PY) -m pcnet.experiments.tuning_study
 	$(PY) -m pcnet.experiments.corruption_study
-	$(PY) -m pcnet.experiments.tta_orders
+	$(PY) -m pcnet.experiments.tta_orders  # backbones 0, 1, 2
 	$(PY) -m pcnet.experiments.robustness_study
 	$(PY) -m pcnet.experiments.robustness_study --tuned
 	$(PY) -m pcnet.experiments.decoder_budget

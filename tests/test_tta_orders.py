@@ -112,8 +112,16 @@ def test_smoke_cli_writes_nothing_in_data(tmp_path, capsys):
 
 
 def test_cli_refuses_a_committed_result_it_cannot_hold(tmp_path):
-    refused = (["--smoke"], ["--smoke", "--out", str(T.RESULT_PATH)], ["--backbone-seed", "1"], ["--orders", "3", "4"])
+    refused = (["--smoke"], ["--smoke", "--out", str(T.RESULT_PATH)], ["--backbone-seed", "1"], ["--orders", "3", "4"],
+               ["--backbones", "0"])  # the committed result holds backbones 0, 1 and 2: one of them would drop two
     for argv in refused:
         with pytest.raises(SystemExit) as exit_info:
             T.main(argv)
         assert exit_info.value.code == 2
+
+
+def test_a_one_order_worker_writes_its_part_and_no_verdict(tmp_path, capsys):
+    out = tmp_path / "part.json"
+    assert T.main(["--smoke", "--orders", "1", "--out", str(out), "--n-boot", "20"]) == 0
+    assert out.exists() and len(list((tmp_path / "part.json.chunks").glob("*.json"))) == 2  # reference + order 1
+    assert "no verdict over orders" in capsys.readouterr().out
